@@ -1,0 +1,1 @@
+"""Command-line subcommands. Each module exposes `add_arguments(parser)` and `main(args) -> int`."""

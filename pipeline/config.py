@@ -1,0 +1,244 @@
+"""Typed configuration: dataclasses loaded from YAML in `conf/`, with `key=value` overrides.
+
+Every key is validated on load; an unknown key or a bad value raises `ConfigError` naming the
+dotted key and what it accepts. The same `Config` drives `predict`, `run`, `bench` and the jobs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_origin
+
+import yaml
+
+from pipeline.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.yaml"
+
+BaseMethod = Literal["vanilla", "sclip", "clearclip", "naclip"]
+Precision = Literal["float32", "bfloat16", "float16"]
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration key is unknown or its value is not accepted."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-16"  # open_clip architecture name; ignored for OpenAI .pt files (sizes come from the file)
+    pretrained: str = "openai"  # open_clip tag (needs network) or a local checkpoint path
+    cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
+
+
+@dataclass
+class VocabularyConfig:
+    file: Optional[str] = None  # one class per line, synonyms separated by ", " (or a YAML list)
+    classes: Optional[list[str]] = None  # inline alternative to `file`, same per-entry syntax
+    background: Optional[str] = None  # when set, a class of this name (and synonyms) is put at index 0
+    templates: str = "openai_imagenet"  # prompt template set: a registered name or a text file, one per line with {}
+
+
+@dataclass
+class RCSConfig:
+    enabled: bool = True
+    layers: list[int] = field(default_factory=lambda: [5, 6, 7, 8])  # 0-based blocks whose attention is averaged
+    tau: float = 2.0
+    lam: float = 0.3
+
+
+@dataclass
+class SFRConfig:
+    enabled: bool = True
+    tau: float = 2.1
+    lam: float = 0.7
+    temp_thd: float = 0.25  # below this first-pass confidence a pixel falls back to query 0
+    delete_same_entity: bool = True  # path check with distance decay between same-label patches
+
+
+@dataclass
+class MethodConfig:
+    base: BaseMethod = "naclip"
+    gaussian_std: float = 5.0  # NACLIP window prior and SFR row blur
+    rcs: RCSConfig = field(default_factory=RCSConfig)
+    sfr: SFRConfig = field(default_factory=SFRConfig)
+
+
+@dataclass
+class InferenceConfig:
+    slide_crop: int = 224  # 0 = whole image in one pass (positional embeddings interpolated)
+    slide_stride: int = 112
+    short_side: int = 336  # resize so the short side has this length; 0 = keep the input size
+    logit_scale: float = 40.0
+    prob_thd: float = 0.0  # pixels whose best class probability is below this become class 0
+    pamr_steps: int = 0  # PAMR refinement of the final logits; 0 = off
+    max_crops_per_forward: int = 64  # upper bound on crops sent through the ViT at once
+
+
+@dataclass
+class IOConfig:
+    image_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default limit)
+    decode_threads: int = 4  # decoding/encoding threads per actor
+    prefetch_batches: int = 2  # decoded batches queued ahead of inference
+    png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # RAY_ADDRESS wins when set; None = start a local Ray
+    num_actors: int = 0  # 0 = one per GPU, or `cpu_actors` without GPUs
+    cpu_actors: int = 2
+    cpus_per_actor: float = 1.0
+    max_actor_restarts: int = 3  # restarts of a lost actor (infrastructure failures only)
+    max_shard_retries: int = 3  # re-submissions of a shard whose worker was lost
+
+
+@dataclass
+class LabelsConfig:
+    min_confidence: float = 0.0  # pixels below this confidence get the ignore value
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    io: IOConfig = field(default_factory=IOConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    batch_size: int = 8  # images per engine call
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the labels (not where or how fast they are made)."""
+        d = self.to_dict()
+        for key in ("io", "ray"):
+            d.pop(key)
+        d.pop("batch_size")
+        d.pop("device")
+        d["inference"].pop("max_crops_per_forward")
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Default config, then the file at `path` (if any), then `KEY=VALUE` overrides (YAML values)."""
+    data = _read_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        _merge(data, _read_yaml(Path(path)), "")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _merge(data, _nest(key, value), "")
+    return from_dict(Config, data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. method.base=sclip)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML") from exc
+    return key.strip(), value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and value against the annotations."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; accepted: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name in names & set(data):
+        kwargs[name] = _coerce(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, get_args(tp)))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "storage_options":
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
