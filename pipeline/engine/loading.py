@@ -1,0 +1,154 @@
+"""Load an OpenCLIP ViT from an open_clip tag or a local checkpoint.
+
+Local files come in two formats: OpenAI's (`visual.proj`, `visual.conv1.weight`, ...; a TorchScript
+archive or a plain state dict) whose sizes are inferred from the tensors, and open_clip's own state
+dicts, which need `model.name` for the architecture.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclass
+class LoadedClip:
+    model: nn.Module  # open_clip CLIP, eval mode, float32
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    identity: dict[str, Optional[str]]  # name, pretrained, checkpoint_sha256
+
+
+def load_clip(cfg: ModelConfig) -> LoadedClip:
+    import open_clip
+
+    path = Path(cfg.pretrained).expanduser()
+    if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
+        model, name = _load_local(path, cfg.name)
+        identity = {"name": name, "pretrained": str(path), "checkpoint_sha256": file_sha256(path)}
+    else:
+        model = _load_tag(cfg)
+        identity = {"name": cfg.name, "pretrained": cfg.pretrained, "checkpoint_sha256": None}
+    model = model.float().eval().requires_grad_(False)
+    _check_supported(model, identity["name"])
+    mean = tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    return LoadedClip(model, mean, std, identity)
+
+
+def _load_tag(cfg: ModelConfig) -> nn.Module:
+    import open_clip
+
+    if cfg.name not in open_clip.list_models():
+        raise ModelLoadError(f"model.name {cfg.name!r} is not an open_clip architecture (see open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+    if cfg.pretrained not in tags:
+        raise ModelLoadError(f"{cfg.pretrained!r} is neither a file nor a tag of {cfg.name} (tags: {', '.join(tags)})")
+    online = _hub_reachable()
+    try:
+        # Offline, look only in the local cache: the hub client would otherwise retry for ~45 s.
+        with _hub_offline(not online):
+            return open_clip.create_model(cfg.name, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
+    except Exception as exc:  # download, hub and cache errors all surface differently; one message for all
+        why = "no network and not in the local cache" if not online else str(exc).splitlines()[0][:160]
+        raise ModelLoadError(
+            f"cannot load open_clip weights {cfg.name}/{cfg.pretrained} ({why}); pass a local checkpoint "
+            f"instead: --set model.pretrained=/path/to/{cfg.name}.pt"
+        ) from exc
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool):
+    import huggingface_hub.constants as hub
+
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = saved or enabled
+    if enabled:
+        # open_clip logs the cache miss at ERROR on the root logger; our exception says it in one line.
+        logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = saved
+        logging.disable(logging.NOTSET)
+
+
+def _load_local(path: Path, name: str) -> tuple[nn.Module, str]:
+    import open_clip
+
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path} does not exist; model.pretrained is a file path or an open_clip tag")
+    state = _read_state_dict(path)
+    if "visual.proj" in state and "visual.conv1.weight" in state:
+        model = open_clip.model.build_model_from_openai_state_dict(state)
+        width = state["visual.conv1.weight"].shape[0]
+        patch = state["visual.conv1.weight"].shape[-1]
+        return model, f"openai-vit-w{width}-p{patch}"
+    if name not in open_clip.list_models():
+        raise ModelLoadError(f"{path} is an open_clip state dict; set model.name to its architecture (got {name!r})")
+    model = open_clip.create_model(name, pretrained=None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{path} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}; check model.name"
+        )
+    return model, name
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except RuntimeError:
+            # OpenAI's released checkpoints are TorchScript archives.
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} holds no state dict (got {type(state).__name__})")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _check_supported(model: nn.Module, name: str) -> None:
+    visual = getattr(model, "visual", None)
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None or getattr(visual, "attn_pool", None) is not None:
+        raise ModelLoadError(f"{name}: only OpenCLIP ViTs with a standard transformer are supported")
+    for i, blk in enumerate(blocks):
+        if not hasattr(getattr(blk, "attn", None), "in_proj_weight"):
+            raise ModelLoadError(f"{name}: block {i} has no in_proj_weight (non-standard attention)")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,196 @@
+"""Segmenter: images in, per-pixel class probabilities out.
+
+Owns preprocessing (short-side resize, normalisation), the vocabulary's text features, sliding
+windows, the SFR two-pass schedule and post-processing. Every crop of every image in one call is
+batched through the ViT together (grouped by crop shape), so images of different sizes mix freely.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.config import Config
+from pipeline.engine.dense_vit import DenseViT
+from pipeline.engine.loading import LoadedClip, load_clip
+from pipeline.engine.pamr import pamr
+from pipeline.engine.sfr import patch_majority, pixel_labels, sfr_prior
+from pipeline.engine.text import encode_queries
+from pipeline.engine.windows import Crop, plan_crops
+from pipeline.errors import UserError
+from pipeline.vocabulary import Vocabulary, load_templates, load_vocabulary
+
+log = logging.getLogger(__name__)
+
+SFR_PAMR_STEPS = 10  # the reference refines the first-pass segmentation with 10 PAMR iterations
+PAMR_DILATIONS = (8, 16)
+
+
+class ImageTooSmall(ValueError):
+    """The image has no full patch after resizing."""
+
+
+@dataclass
+class Segmentation:
+    pred: np.ndarray  # int64 (H, W) class index
+    confidence: np.ndarray  # float32 (H, W) probability of `pred`
+    probs: Optional[np.ndarray] = None  # float32 (C, H, W), when asked for
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+class Segmenter:
+    def __init__(self, clip: LoadedClip, vocabulary: Vocabulary, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.vocabulary = vocabulary
+        self.model_identity = clip.identity
+        self.model = DenseViT(clip.model.visual, cfg.method).to(device).eval()
+        self.autocast = _autocast(device, cfg.precision)
+        self.mean = torch.tensor(clip.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(clip.image_std, device=device).view(1, 3, 1, 1)
+        model_key = clip.identity["checkpoint_sha256"] or f"{clip.identity['name']}/{clip.identity['pretrained']}"
+        templates = load_templates(cfg.vocabulary.templates)
+        clip.model.to(device)
+        self.text = encode_queries(clip.model, vocabulary.queries, templates, model_key, device)  # (Q, E)
+        self.query_class = torch.tensor(vocabulary.query_class, device=device)
+        clip.model.transformer.to("cpu")  # the text tower is not needed any more: free device memory
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Segmenter":
+        device = resolve_device(cfg.device)
+        return cls(load_clip(cfg.model), load_vocabulary(cfg.vocabulary), cfg, device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> list[Segmentation]:
+        """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size."""
+        prepared = [self.prepare(img) for img in images]
+        logits = self.logits(prepared)
+        outs = []
+        for img, x, lg in zip(images, prepared, logits):
+            probs = self.class_probs(lg, img.shape[:2], x)
+            outs.append(self._finish(probs, return_probs))
+        return outs
+
+    def prepare(self, image: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) -> normalised float (3, h, w) on the device, resized to the configured short side."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1)[None].float()
+        size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side)
+        if size != tuple(image.shape[:2]):
+            # Bilinear without antialiasing, like the cv2 resize of the authors' mmseg pipeline.
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if min(size) < self.patch_size:
+            raise ImageTooSmall(f"image {image.shape[1]}x{image.shape[0]} is smaller than one {self.patch_size}px patch")
+        return ((x / 255.0 - self.mean) / self.std)[0]
+
+    def logits(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """Sliding-window cosine logits (Q, h, w) per prepared image, overlapping crops averaged."""
+        inf = self.cfg.inference
+        sums = [img.new_zeros((len(self.text),) + tuple(img.shape[-2:])) for img in images]
+        counts = [img.new_zeros((1,) + tuple(img.shape[-2:])) for img in images]
+        groups: dict[tuple[int, int], list[tuple[int, Crop]]] = defaultdict(list)
+        for i, img in enumerate(images):
+            for crop in plan_crops(img.shape[-2], img.shape[-1], inf.slide_crop, inf.slide_stride):
+                groups[crop.shape].append((i, crop))
+        step = max(1, inf.max_crops_per_forward)
+        for members in groups.values():
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                batch = torch.stack([images[i][:, c.y1 : c.y2, c.x1 : c.x2] for i, c in chunk])
+                for (i, c), lg in zip(chunk, self.crop_logits(batch)):
+                    sums[i][:, c.y1 : c.y2, c.x1 : c.x2] += lg
+                    counts[i][:, c.y1 : c.y2, c.x1 : c.x2] += 1
+        return [s / c for s, c in zip(sums, counts)]
+
+    def crop_logits(self, crops: Tensor) -> Tensor:
+        """(B, 3, h, w) normalised crops of one shape -> (B, Q, h, w) float32 logits."""
+        size = tuple(crops.shape[-2:])
+        grid = self.model.grid(*size)
+        with self.autocast:
+            x, rcs = self.model.trunk(crops)
+            sfr = None
+            if self.cfg.method.sfr.enabled:
+                first = self._project(self.model.head(x, grid, rcs, None), grid, size)
+                sfr = self._sfr_prior(crops, first)
+            return self._project(self.model.head(x, grid, rcs, sfr), grid, size)
+
+    def _sfr_prior(self, crops: Tensor, first_logits: Tensor) -> Tensor:
+        sfr = self.cfg.method.sfr
+        refined = pamr(crops.float(), first_logits, SFR_PAMR_STEPS, PAMR_DILATIONS)
+        probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
+        labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels, not classes
+        return sfr_prior(labels, self.cfg.method.gaussian_std, sfr.delete_same_entity)
+
+    def _project(self, tokens: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+        feats = tokens[:, 1:].float()  # drop the class token: (B, N, E)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        logits = (feats @ self.text.T).transpose(1, 2).reshape(len(feats), -1, *grid)  # (B, Q, gh, gw)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def class_probs(self, logits: Tensor, out_size: tuple[int, int], image: Tensor) -> Tensor:
+        """Query logits (Q, h, w) -> class probabilities (C, H, W): upsample, [PAMR], softmax, synonym max."""
+        inf = self.cfg.inference
+        logits = logits[None].float()
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        if inf.pamr_steps > 0:
+            img = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
+            logits = pamr(img, logits, inf.pamr_steps, PAMR_DILATIONS)
+        probs = torch.softmax(logits[0] * inf.logit_scale, dim=0)  # (Q, H, W)
+        if len(self.text) != self.num_classes:
+            index = self.query_class.view(-1, 1, 1).expand_as(probs)
+            by_class = probs.new_zeros((self.num_classes,) + probs.shape[1:])
+            probs = by_class.scatter_reduce_(0, index, probs, "amax", include_self=False)
+        return probs
+
+    def _finish(self, probs: Tensor, return_probs: bool) -> Segmentation:
+        top, pred = probs.max(dim=0)
+        pred = torch.where(top < self.cfg.inference.prob_thd, torch.zeros_like(pred), pred)
+        probs = probs / probs.sum(dim=0, keepdim=True)  # the synonym max leaves rows that no longer sum to 1
+        conf = probs.gather(0, pred[None])[0]
+        return Segmentation(
+            pred=pred.cpu().numpy().astype(np.int64),
+            confidence=conf.float().cpu().numpy(),
+            probs=probs.float().cpu().numpy() if return_probs else None,
+        )
+
+
+def _resized(height: int, width: int, short_side: int) -> tuple[int, int]:
+    if short_side <= 0:
+        return height, width
+    scale = short_side / min(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise UserError("precision float16 needs CUDA; on CPU use float32 or bfloat16")
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,99 @@
+"""SFR (semantic feedback refinement): a first-pass segmentation turned into an attention prior.
+
+Steps (golden README step 6, the authors' `create_patch_matrix` and `generate_attention_sfr`):
+per-pixel query labels -> per-patch majority label -> same-label matrix -> path check with
+distance decay -> per-row 1-D Gaussian blur, ReLU, row normalisation -> max-normalised float16
+prior. Everything here is batched over crops; the geometry (paths, decay) depends only on the patch
+grid and is built once per grid size.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pixel_labels(probs: Tensor, temp_thd: float) -> Tensor:
+    """Argmax query per pixel, query 0 where the top probability is below `temp_thd`. (B, Q, H, W) -> (B, H, W)"""
+    top, label = probs.max(dim=1)
+    return torch.where(top < temp_thd, torch.zeros_like(label), label)
+
+
+def patch_majority(labels: Tensor, patch: int) -> Tensor:
+    """Most frequent label in each patch (ties as torch.mode breaks them); partial patches dropped. (B, gh, gw)"""
+    b, h, w = labels.shape
+    gh, gw = h // patch, w // patch
+    cells = labels[:, : gh * patch, : gw * patch].reshape(b, gh, patch, gw, patch)
+    cells = cells.permute(0, 1, 3, 2, 4).reshape(b, gh, gw, patch * patch)
+    return torch.mode(cells, dim=-1).values
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Path-check tables for a (gh, gw) patch grid, N = gh * gw patches."""
+
+    path: Tensor  # (N, N, M+1) long: patch index of each checked point; unchecked points repeat the start
+    decay: Tensor  # (N, N) float32: exp(-steps / M)
+
+
+@functools.lru_cache(maxsize=16)
+def grid_geometry(gh: int, gw: int, device: str = "cpu") -> GridGeometry:
+    n = gh * gw
+    idx = torch.arange(n, device=device)
+    rc = torch.stack([idx // gw, idx % gw], dim=-1)  # (N, 2) row, col
+    start = rc[:, None, :].expand(n, n, 2)
+    end = rc[None, :, :].expand(n, n, 2)
+    steps = (end - start).abs().amax(dim=-1)  # (N, N) Chebyshev distance
+    m = int(steps.max())
+    # The reference samples M + 1 points for every pair, M being the longest distance in the grid,
+    # and checks only the first `steps + 1` of them: short pairs check the part next to the start.
+    t = torch.linspace(0, 1, m + 1, device=device)[None, None, :, None]  # float32 as in the reference
+    points = torch.round(start[:, :, None, :].float() * (1 - t) + end[:, :, None, :].float() * t).long()
+    path = points[..., 0] * gw + points[..., 1]  # (N, N, M+1)
+    checked = torch.arange(m + 1, device=device)[None, None, :] <= steps[:, :, None]
+    path = torch.where(checked, path, idx[:, None, None].expand_as(path))
+    decay = torch.exp(-steps / m) if m > 0 else torch.ones(n, n, device=device)
+    return GridGeometry(path=path, decay=decay.float())
+
+
+def same_label_matrix(patch_labels: Tensor, delete_same_entity: bool) -> Tensor:
+    """(B, gh, gw) patch labels -> (B, N, N) float: 1 for same label, decayed where the path leaves the label."""
+    b, gh, gw = patch_labels.shape
+    flat = patch_labels.reshape(b, gh * gw)
+    same = (flat[:, :, None] == flat[:, None, :]).float()
+    if not delete_same_entity:
+        return same
+    geo = grid_geometry(gh, gw, str(flat.device))
+    # Labels fit int16 for any vocabulary; the gathered (B, N, N, M+1) table is the largest tensor here.
+    small = flat.to(torch.int16)
+    valid = (small[:, geo.path] == small[:, :, None, None]).all(dim=-1)  # (B, N, N)
+    return torch.where(valid, same, same * geo.decay)
+
+
+def blur_rows(matrix: Tensor, std: float) -> Tensor:
+    """1-D Gaussian blur of every row along the flattened patch index, zero padding; ReLU; rows sum to 1."""
+    b, n, _ = matrix.shape
+    size = min(n, int(6 * std + 1))
+    size = size if size % 2 == 1 else size + 1
+    x = torch.arange(size, dtype=torch.float32, device=matrix.device) - size // 2
+    kernel = torch.exp(-(x**2) / (2 * std**2))
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    blurred = F.conv1d(matrix.reshape(b * n, 1, n), kernel, padding=size // 2).reshape(b, n, n)
+    blurred = F.relu(blurred)
+    return blurred / (blurred.sum(dim=-1, keepdim=True) + 1e-8)
+
+
+def sfr_prior(patch_labels: Tensor, gaussian_std: float, delete_same_entity: bool) -> Tensor:
+    """Attention prior (B, 1, T, T) float16 with T = N + 1; class-token row and column zero."""
+    b, gh, gw = patch_labels.shape
+    n = gh * gw
+    block = blur_rows(same_label_matrix(patch_labels, delete_same_entity), gaussian_std)
+    prior = torch.zeros(b, n + 1, n + 1, device=block.device)
+    prior[:, 1:, 1:] = block
+    peak = prior.amax(dim=(-2, -1), keepdim=True)
+    # Normalised by its maximum, then stored in float16: both as in the reference.
+    return (prior / peak).to(torch.float16).unsqueeze(1)
+
