@@ -34,6 +34,9 @@ class ModelConfig:
     name: str = "ViT-B-16"  # open_clip architecture name; ignored for OpenAI .pt files (sizes come from the file)
     pretrained: str = "openai"  # open_clip tag (needs network) or a local checkpoint path
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
+    # Local checkpoint layout. auto: TorchScript archives and state dicts that do not fit `name` are
+    # OpenAI's (sizes inferred from the tensors, QuickGELU); others load into open_clip's `name`.
+    format: Literal["auto", "openai", "open_clip"] = "auto"
 
 
 @dataclass
@@ -88,6 +91,7 @@ class IOConfig:
     prefetch_batches: int = 2  # decoded batches queued ahead of inference
     png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)
+    min_image_side: int = 16  # run: shorter images are errors; the engine's patch size wins when it exposes one
 
 
 @dataclass

@@ -37,7 +37,7 @@ def load_clip(cfg: ModelConfig) -> LoadedClip:
 
     path = Path(cfg.pretrained).expanduser()
     if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
-        model, name = _load_local(path, cfg.name)
+        model, name = _load_local(path, cfg)
         identity = {"name": name, "pretrained": str(path), "checkpoint_sha256": file_sha256(path)}
     else:
         model = _load_tag(cfg)
@@ -96,29 +96,45 @@ def _hub_offline(enabled: bool):
         logging.disable(logging.NOTSET)
 
 
-def _load_local(path: Path, name: str) -> tuple[nn.Module, str]:
+def _load_local(path: Path, cfg: ModelConfig) -> tuple[nn.Module, str]:
     import open_clip
 
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist; model.pretrained is a file path or an open_clip tag")
-    state = _read_state_dict(path)
-    if "visual.proj" in state and "visual.conv1.weight" in state:
+    state, scripted = _read_state_dict(path)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "openai" if scripted or not _fits(state, cfg.name) else "open_clip"
+    if fmt == "openai":
+        if "visual.proj" not in state or "visual.conv1.weight" not in state:
+            raise ModelLoadError(f"{path} is not an OpenAI-format ViT checkpoint (no visual.proj / visual.conv1)")
         model = open_clip.model.build_model_from_openai_state_dict(state)
-        width = state["visual.conv1.weight"].shape[0]
-        patch = state["visual.conv1.weight"].shape[-1]
-        return model, f"openai-vit-w{width}-p{patch}"
+        conv = state["visual.conv1.weight"]
+        return model, f"openai-vit-w{conv.shape[0]}-p{conv.shape[-1]}"
+    if cfg.name not in open_clip.list_models():
+        raise ModelLoadError(f"{path} is an open_clip state dict; set model.name to its architecture (got {cfg.name!r})")
+    model = open_clip.create_model(cfg.name, pretrained=None)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path} does not fit {cfg.name} ({str(exc).splitlines()[1].strip()}); check model.name") from exc
+    return model, cfg.name
+
+
+def _fits(state: dict[str, torch.Tensor], name: str) -> bool:
+    """Whether `state` has exactly the keys and shapes of open_clip architecture `name`."""
+    import open_clip
+
     if name not in open_clip.list_models():
-        raise ModelLoadError(f"{path} is an open_clip state dict; set model.name to its architecture (got {name!r})")
-    model = open_clip.create_model(name, pretrained=None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{path} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}; check model.name"
-        )
-    return model, name
+        return False
+    with torch.device("meta"):  # shapes only, no memory, no initialisation cost
+        reference = open_clip.create_model(name, pretrained=None, device="meta").state_dict()
+    return reference.keys() == state.keys() and all(reference[k].shape == state[k].shape for k in state)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict, and whether it came from a TorchScript archive (OpenAI's released format)."""
+    scripted = False
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -129,11 +145,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:
             # OpenAI's released checkpoints are TorchScript archives.
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            scripted = True
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path} holds no state dict (got {type(state).__name__})")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}, scripted
 
 
 def _check_supported(model: nn.Module, name: str) -> None:

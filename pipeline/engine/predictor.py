@@ -98,6 +98,8 @@ class Segmenter:
         """uint8 (H, W, 3) -> normalised float (3, h, w) on the device, resized to the configured short side."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
+        if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+            image = image.copy()
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
         x = x.permute(2, 0, 1)[None].float()
         size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side)

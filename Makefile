@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (label the demo corpus on a local Ray) and `make test`.
+# Both create .venv and install the project on first use; later runs reuse it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup
+	$(BIN)/python jobs/demo.py --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: setup
+	$(BIN)/pseudolabel bench --json bench.json
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

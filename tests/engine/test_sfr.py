@@ -1,0 +1,71 @@
+"""SFR pieces against direct per-pair implementations of the golden README's description."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.engine.sfr import blur_rows, grid_geometry, patch_majority, pixel_labels, same_label_matrix, sfr_prior
+
+
+def _naive_same_label(labels: np.ndarray) -> np.ndarray:
+    gh, gw = labels.shape
+    coords = [(r, c) for r in range(gh) for c in range(gw)]
+    m = max(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a in coords for b in coords)
+    t = np.linspace(0, 1, m + 1, dtype=np.float32)
+    out = np.zeros((len(coords), len(coords)), dtype=np.float32)
+    for i, (r0, c0) in enumerate(coords):
+        for j, (r1, c1) in enumerate(coords):
+            if labels[r0, c0] != labels[r1, c1]:
+                continue
+            steps = max(abs(r1 - r0), abs(c1 - c0))
+            rows = np.round(np.float32(r0) * (1 - t) + np.float32(r1) * t).astype(int)[: steps + 1]
+            cols = np.round(np.float32(c0) * (1 - t) + np.float32(c1) * t).astype(int)[: steps + 1]
+            ok = all(labels[r, c] == labels[r0, c0] for r, c in zip(rows, cols))
+            out[i, j] = 1.0 if ok else math.exp(-steps / m)
+    return out
+
+
+def test_path_check_matches_per_pair_definition():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(5, 7))
+    ours = same_label_matrix(torch.from_numpy(labels)[None], delete_same_entity=True)[0]
+    np.testing.assert_allclose(ours.numpy(), _naive_same_label(labels), rtol=1e-6)
+
+
+def test_without_path_check_is_plain_equality():
+    labels = torch.tensor([[[0, 1], [1, 1]]])
+    same = same_label_matrix(labels, delete_same_entity=False)[0]
+    assert same.tolist() == [[1, 0, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]]
+
+
+def test_geometry_is_cached_per_grid():
+    assert grid_geometry(3, 4) is grid_geometry(3, 4)
+    geo = grid_geometry(3, 4)
+    assert geo.path.shape == (12, 12, 4)
+    assert float(geo.decay[0, 11]) == pytest.approx(math.exp(-3 / 3), rel=1e-6)
+
+
+def test_blur_rows_normalises_and_stays_non_negative():
+    m = torch.rand(2, 30, 30)
+    out = blur_rows(m, std=2.0)
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 30))
+    assert (out >= 0).all()
+
+
+def test_prior_has_zero_class_token_and_unit_peak():
+    labels = torch.randint(0, 4, (3, 6, 5))
+    prior = sfr_prior(labels, gaussian_std=5.0, delete_same_entity=True)
+    assert prior.shape == (3, 1, 31, 31) and prior.dtype == torch.float16
+    assert (prior[:, :, 0, :] == 0).all() and (prior[:, :, :, 0] == 0).all()
+    torch.testing.assert_close(prior.float().amax(dim=(-1, -2)).flatten(), torch.ones(3))
+
+
+def test_patch_majority_and_threshold_fallback():
+    probs = torch.zeros(1, 3, 4, 4)
+    probs[0, 2, :, :2] = 0.9  # left half: query 2, confident
+    probs[0, 1, :, 2:] = 0.2  # right half: query 1 but below the threshold -> query 0
+    labels = pixel_labels(probs, temp_thd=0.25)
+    assert labels[0, :, :2].unique().tolist() == [2] and labels[0, :, 2:].unique().tolist() == [0]
+    majority = patch_majority(labels, patch=2)
+    assert majority.tolist() == [[[2, 0], [2, 0]]]
