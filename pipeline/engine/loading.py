@@ -36,7 +36,12 @@ def load_clip(cfg: ModelConfig) -> LoadedClip:
     import open_clip
 
     path = Path(cfg.pretrained).expanduser()
-    if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
+    if cfg.pretrained in ("random", "none"):
+        # Untrained weights: for throughput benchmarks and tests only; the labels mean nothing.
+        log.warning("model.pretrained=%s: %s with RANDOM weights", cfg.pretrained, cfg.name)
+        model = open_clip.create_model(cfg.name, pretrained=None)
+        identity = {"name": cfg.name, "pretrained": "random", "checkpoint_sha256": None}
+    elif path.suffix in CHECKPOINT_SUFFIXES or path.exists():
         model, name = _load_local(path, cfg)
         identity = {"name": name, "pretrained": str(path), "checkpoint_sha256": file_sha256(path)}
     else:

@@ -23,6 +23,7 @@ from pipeline.engine.loading import LoadedClip, load_clip
 from pipeline.engine.pamr import pamr
 from pipeline.engine.sfr import patch_majority, pixel_labels, sfr_prior
 from pipeline.engine.text import encode_queries
+from pipeline.engine.timing import SectionTimer
 from pipeline.engine.windows import Crop, plan_crops
 from pipeline.errors import UserError
 from pipeline.vocabulary import Vocabulary, load_templates, load_vocabulary
@@ -63,12 +64,16 @@ class Segmenter:
         self.autocast = _autocast(device, cfg.precision)
         self.mean = torch.tensor(clip.image_mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(clip.image_std, device=device).view(1, 3, 1, 1)
-        model_key = clip.identity["checkpoint_sha256"] or f"{clip.identity['name']}/{clip.identity['pretrained']}"
+        ident = clip.identity
+        # Disk cache key: the checkpoint's hash, or its tag; random weights are never cached.
+        model_key = ident["checkpoint_sha256"] or (None if ident["pretrained"] == "random"
+                                                   else f"{ident['name']}/{ident['pretrained']}")
         templates = load_templates(cfg.vocabulary.templates)
         clip.model.to(device)
         self.text = encode_queries(clip.model, vocabulary.queries, templates, model_key, device)  # (Q, E)
         self.query_class = torch.tensor(vocabulary.query_class, device=device)
         clip.model.transformer.to("cpu")  # the text tower is not needed any more: free device memory
+        self.timer = SectionTimer(enabled=False, device=device)  # switched on by profiles and `bench`
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Segmenter":
@@ -86,12 +91,14 @@ class Segmenter:
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> list[Segmentation]:
         """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size."""
-        prepared = [self.prepare(img) for img in images]
+        with self.timer.section("preprocess"):
+            prepared = [self.prepare(img) for img in images]
         logits = self.logits(prepared)
         outs = []
-        for img, x, lg in zip(images, prepared, logits):
-            probs = self.class_probs(lg, img.shape[:2], x)
-            outs.append(self._finish(probs, return_probs))
+        with self.timer.section("postprocess"):
+            for img, x, lg in zip(images, prepared, logits):
+                probs = self.class_probs(lg, img.shape[:2], x)
+                outs.append(self._finish(probs, return_probs))
         return outs
 
     def prepare(self, image: np.ndarray) -> Tensor:
@@ -124,29 +131,37 @@ class Segmenter:
             for start in range(0, len(members), step):
                 chunk = members[start : start + step]
                 batch = torch.stack([images[i][:, c.y1 : c.y2, c.x1 : c.x2] for i, c in chunk])
-                for (i, c), lg in zip(chunk, self.crop_logits(batch)):
-                    sums[i][:, c.y1 : c.y2, c.x1 : c.x2] += lg
-                    counts[i][:, c.y1 : c.y2, c.x1 : c.x2] += 1
+                crop_logits = self.crop_logits(batch)
+                with self.timer.section("window_merge"):
+                    for (i, c), lg in zip(chunk, crop_logits):
+                        sums[i][:, c.y1 : c.y2, c.x1 : c.x2] += lg
+                        counts[i][:, c.y1 : c.y2, c.x1 : c.x2] += 1
         return [s / c for s, c in zip(sums, counts)]
 
     def crop_logits(self, crops: Tensor) -> Tensor:
         """(B, 3, h, w) normalised crops of one shape -> (B, Q, h, w) float32 logits."""
         size = tuple(crops.shape[-2:])
         grid = self.model.grid(*size)
+        t = self.timer
         with self.autocast:
-            x, rcs = self.model.trunk(crops)
+            with t.section("vit_trunk"):
+                x, rcs = self.model.trunk(crops)
             sfr = None
             if self.cfg.method.sfr.enabled:
-                first = self._project(self.model.head(x, grid, rcs, None), grid, size)
+                with t.section("sfr_first_pass"):
+                    first = self._project(self.model.head(x, grid, rcs, None), grid, size)
                 sfr = self._sfr_prior(crops, first)
-            return self._project(self.model.head(x, grid, rcs, sfr), grid, size)
+            with t.section("last_block"):
+                return self._project(self.model.head(x, grid, rcs, sfr), grid, size)
 
     def _sfr_prior(self, crops: Tensor, first_logits: Tensor) -> Tensor:
         sfr = self.cfg.method.sfr
-        refined = pamr(crops.float(), first_logits, SFR_PAMR_STEPS, PAMR_DILATIONS)
-        probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
-        labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels, not classes
-        return sfr_prior(labels, self.cfg.method.gaussian_std, sfr.delete_same_entity)
+        with self.timer.section("sfr_pamr"):
+            refined = pamr(crops.float(), first_logits, SFR_PAMR_STEPS, PAMR_DILATIONS)
+        with self.timer.section("sfr_prior"):
+            probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
+            labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels
+            return sfr_prior(labels, self.cfg.method.gaussian_std, sfr.delete_same_entity)
 
     def _project(self, tokens: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
         feats = tokens[:, 1:].float()  # drop the class token: (B, N, E)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Nightly incremental labeling: label the shards of INPUT that have no completion record in
+# OUTPUT yet, then verify the whole output. Safe to start while a previous night is still running:
+# the OUTPUT lock makes this run exit at once (status 75) instead of overlapping.
+#
+# Environment:
+#   INPUT        input spec (directory, glob, brace pattern or list file), e.g. s3://corpus/train/
+#   OUTPUT       output root, e.g. s3://labels/train-v1
+#   CONFIG       YAML config (default: conf/default.yaml only)
+#   RAY_ADDRESS  cluster to run on ("auto" on a cluster node, ray://HEAD:10001 from outside);
+#                unset = a local Ray on this machine
+#   LOG_DIR      where the per-night log goes (default: ./logs)
+#   EXTRA_ARGS   more `pseudolabel run` arguments, e.g. "--set ray.max_shard_retries=5"
+#
+# Exit status: 0 labeled and verified; 1 run or verify failed; 2 usage error; 75 (EX_TEMPFAIL)
+# another run holds the lock on OUTPUT (nothing was done; the next night catches up).
+set -euo pipefail
+
+: "${INPUT:?set INPUT to the input spec}"
+: "${OUTPUT:?set OUTPUT to the output root}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOG_DIR="${LOG_DIR:-$REPO/logs}"
+PSEUDOLABEL="${PSEUDOLABEL:-pseudolabel}"
+mkdir -p "$LOG_DIR"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+log="$LOG_DIR/nightly-$stamp.log"
+
+config_args=()
+if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$CONFIG"); fi
+# shellcheck disable=SC2206  # EXTRA_ARGS is split on purpose
+extra=(${EXTRA_ARGS:-})
+
+echo "nightly $stamp: labeling new shards of $INPUT into $OUTPUT (log: $log)"
+set +e
+# Completed shards (those with OUTPUT/_done/NAME.json) are skipped by `run`: only new shards are
+# labeled. The run takes the OUTPUT lock for its whole lifetime.
+"$PSEUDOLABEL" run "$INPUT" "$OUTPUT" "${config_args[@]}" "${extra[@]}" >>"$log" 2>&1
+rc=$?
+set -e
+if [[ $rc -ne 0 ]]; then
+    if [[ $rc -eq 2 ]] && grep -q "is locked by" "$log"; then
+        echo "nightly $stamp: skipped, OUTPUT is locked: $(grep -m1 'is locked by' "$log")" >&2
+        exit 75
+    fi
+    echo "nightly $stamp: run failed with status $rc; last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit "$rc"
+fi
+
+set +e
+"$PSEUDOLABEL" verify "$OUTPUT" "$INPUT" "${config_args[@]}" \
+    --json "$LOG_DIR/verify-$stamp.json" >>"$log" 2>&1
+rc=$?
+set -e
+tail -n 8 "$log"
+if [[ $rc -ne 0 ]]; then
+    echo "nightly $stamp: verify found problems (status $rc); report: $LOG_DIR/verify-$stamp.json" >&2
+    exit 1
+fi
+echo "nightly $stamp: done and verified"

@@ -1,0 +1,58 @@
+"""`pseudolabel bench`: images/s of the one-at-a-time path, the batched engine and the whole stage."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.cli import add_config_arguments
+from pipeline.config import CONF_DIR, load_config
+from pipeline.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--images", type=int, default=16, help="images per measurement (default 16)")
+    parser.add_argument("--size", default="336x448", help="HEIGHTxWIDTH of the generated images")
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="engine batch sizes to try")
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip the shard stage measurement")
+    parser.add_argument("--peak-tflops", type=float, help="hardware peak for MFU (known GPUs are looked up)")
+    parser.add_argument("--json", help="write the results as JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.benchmark import bench_images, run_benchmark
+
+    config = args.config or str(CONF_DIR / "bench" / "cpu_tiny.yaml")
+    cfg = load_config(config, args.overrides)
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError as exc:
+        raise UserError(f"--size is HEIGHTxWIDTH and --batch-sizes a comma list of integers ({exc})") from exc
+    images = bench_images(args.images, (height, width))
+    res = run_benchmark(cfg, images, batches, end_to_end=not args.no_end_to_end, peak_tflops=args.peak_tflops)
+    print(format_result(res.to_json()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.to_json(), indent=1))
+    return 0
+
+
+def format_result(doc: dict) -> str:
+    lines = [
+        f"device {doc['device']}  model {doc['model']}  images {doc['images']} x {doc['image_size']}",
+        f"settings {doc['settings']}",
+        f"(a) one image at a time      {doc['single_images_per_s']:8.2f} images/s",
+    ]
+    for bs, ips in doc["engine_by_batch"].items():
+        lines.append(f"(b) engine, batch {bs:>3}        {ips:8.2f} images/s  ({ips / doc['single_images_per_s']:.2f}x)")
+    if doc["end_to_end_images_per_s"]:
+        lines.append(f"(c) end to end, batch {doc['engine_best_batch']:>3}    {doc['end_to_end_images_per_s']:8.2f} images/s"
+                     f"  ({doc['speedup_end_to_end_vs_single']:.2f}x; {doc['end_to_end_vs_engine']:.0%} of engine)")
+    lines.append("engine time by section: " + ", ".join(f"{k} {v:.0%}" for k, v in doc["engine_profile"].items()))
+    if doc["end_to_end_profile"]:
+        lines.append("stage busy ms/image: " + ", ".join(f"{k} {1000 * v:.0f}" for k, v in doc["end_to_end_profile"].items()))
+    mfu = f", MFU {doc['mfu']:.1%}" if doc["mfu"] is not None else ""
+    lines.append(f"matrix GFLOP/image {doc['flops_per_image'] / 1e9:.2f}, achieved {doc['achieved_tflops']:.3f} TFLOP/s{mfu}")
+    lines.append(f"peak memory {doc['peak_memory_mb']:.0f} MiB")
+    return "\n".join(lines)

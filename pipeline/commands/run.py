@@ -1,0 +1,135 @@
+"""`pseudolabel run INPUT OUTPUT`: label WebDataset shards on Ray into mask shards + Parquet manifests."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+from pipeline.cli import add_config_arguments
+
+log = logging.getLogger(__name__)
+
+EXIT_TOO_MANY_FAILURES = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="INPUT",
+                        help="shards: data/train-{000000..000127}.tar, a directory, a .txt list, or an "
+                             "s3:// gs:// http(s):// file:// pipe: URL")
+    parser.add_argument("output", metavar="OUTPUT", help="output directory or object-store prefix")
+    add_config_arguments(parser)
+    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, ray.address, "
+                                              "else a local Ray)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="relabel everything when OUTPUT was made with another config")
+    parser.add_argument("--max-failure-rate", type=_rate, default=None, metavar="R",
+                        help="exit 1 when the share of failed shards or failed samples exceeds R (0..1); "
+                             "default: any failed shard, or more than 1%% of samples")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    parser.add_argument("--json", dest="json_summary", action="store_true",
+                        help="print the run summary as JSON instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    level = logging.getLogger().getEffectiveLevel()
+    bar = None if args.no_progress else RichProgress()
+    try:
+        summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
+                               ray_address=args.ray_address, progress=bar, log_level=level)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json_summary:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(summary), indent=1))
+    else:
+        print_summary(summary)
+    if summary.exceeds(args.max_failure_rate):
+        print(f"pseudolabel run: failure rate too high: {len(summary.failed_shards)} failed shards "
+              f"({summary.shard_failure_rate:.1%}), {summary.sample_failure_rate:.2%} failed samples; "
+              f"see {args.output}/_stats.json", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILURES
+    return 0
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+class RichProgress:
+    """Two live bars driven by per-batch reports from the workers: shards and images."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), console=self.console, transient=False)
+        self.shards: Optional[Any] = None
+        self.images: Optional[Any] = None
+        self.done_shards = 0
+        self.done_samples = 0  # samples in finished shards, to estimate the images total
+
+    def start(self, total_shards: int, skipped: int) -> None:
+        self.bar.start()
+        self.shards = self.bar.add_task(f"shards ({skipped} skipped)", total=total_shards, rate="")
+        self.images = self.bar.add_task("images", total=None, rate="")
+
+    def update(self, samples: int, ok: int, errors: int) -> None:
+        if self.images is None:
+            return
+        task = self.bar.tasks[self.images]
+        total = None
+        if self.done_shards and self.shards is not None:
+            # The number of images is unknown until every tar is read: extrapolate from finished shards.
+            per_shard = self.done_samples / self.done_shards
+            total = max(samples, int(per_shard * self.bar.tasks[self.shards].total))
+        speed = f"{task.speed:.1f} img/s" if task.speed else ""
+        self.bar.update(self.images, completed=samples, total=total, rate=f"{speed} {errors} failed")
+
+    def shard_finished(self, result: Any) -> None:
+        self.done_shards += 1
+        self.done_samples += result.samples
+        if self.shards is not None:
+            self.bar.advance(self.shards)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def print_summary(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"pseudolabel run -> {summary.output}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("shards labeled / skipped / failed",
+                  f"{summary.shards_labeled} / {summary.shards_skipped} / {len(summary.failed_shards)}")
+    table.add_row("images ok / failed (this run)", f"{summary.images_ok} / {summary.images_failed}")
+    table.add_row("images ok / failed (dataset)", f"{summary.dataset_images_ok} / {summary.dataset_images_failed}")
+    table.add_row("throughput", f"{summary.images_per_s:.1f} images/s ({summary.labeling_seconds:.1f}s labeling, "
+                                f"{summary.seconds:.1f}s in all)")
+    for kind, n in sorted(summary.error_kinds.items()):
+        table.add_row(f"  errors: {kind}", str(n))
+    for mode, n in sorted(summary.conversions.items()):
+        table.add_row(f"  converted from {mode}", str(n))
+    for failed in summary.failed_shards:
+        table.add_row(f"  failed shard {failed['shard']}", f"{failed['status']}: {failed['reason']}")
+    shares = sorted(summary.class_pixel_share.items(), key=lambda kv: -kv[1])
+    for name, share in shares:
+        table.add_row(f"  class {name}", f"{share:.1%}")
+    Console().print(table)

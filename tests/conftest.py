@@ -1,0 +1,23 @@
+"""Shared test fixtures: the tiny golden CLIP model and a config that runs it fast on CPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
+TINY_MODEL = GOLDEN / "tiny_clip_openai.pt"
+TINY_VOCAB = GOLDEN / "vocab_b.txt"
+# Whole-image inference at the input size: small images stay small, so tests stay fast on 2 cores.
+TINY_OVERRIDES = [
+    f"model.pretrained={TINY_MODEL}",
+    f"vocabulary.file={TINY_VOCAB}",
+    "inference.short_side=0",
+    "inference.slide_crop=0",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    return list(TINY_OVERRIDES)
