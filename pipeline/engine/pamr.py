@@ -7,6 +7,7 @@ colour channels and softmax-normalised over the neighbours. Borders are replicat
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -35,19 +36,29 @@ def pamr_affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
     return torch.softmax(aff.mean(dim=1, keepdim=True), dim=2)
 
 
-def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int] = (8, 16)) -> Tensor:
-    """Refine logits (B, Q, H, W) with the affinities of `image` (B, 3, H, W) of the same size."""
+def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int] = (8, 16),
+         compiled: bool = False) -> Tensor:
+    """Refine logits (B, Q, H, W) with the affinities of `image` (B, 3, H, W) of the same size.
+    `compiled` runs the iterations through torch.compile, which fuses the 8 * len(dilations)
+    neighbour updates of an iteration into one pass over memory (several times faster)."""
     if iterations <= 0:
         return logits
-    image = image.float()
-    logits = logits.float()
-    aff = pamr_affinity(image, dilations)  # (B, 1, P, H, W)
-    weights = aff.unbind(dim=2)  # P tensors (B, 1, H, W)
+    aff = pamr_affinity(image.float(), dilations)[:, 0]  # (B, P, H, W)
+    run = _compiled_propagate() if compiled else propagate
+    return run(logits.float(), aff, tuple(dilations), iterations)
+
+
+def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], iterations: int) -> Tensor:
     for _ in range(iterations):
         # Accumulate neighbour by neighbour: the (B, Q, P, H, W) stack would not fit for large vocabularies.
         out = torch.zeros_like(logits)
         neighbours = [v for d in dilations for v in _shifted(logits, d, False)]
-        for weight, nb in zip(weights, neighbours):
-            out.addcmul_(weight, nb)
+        for n, nb in enumerate(neighbours):
+            out.addcmul_(weights[:, n : n + 1], nb)
         logits = out
     return logits
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_propagate():
+    return torch.compile(propagate, dynamic=False)

@@ -157,7 +157,7 @@ class Segmenter:
     def _sfr_prior(self, crops: Tensor, first_logits: Tensor) -> Tensor:
         sfr = self.cfg.method.sfr
         with self.timer.section("sfr_pamr"):
-            refined = pamr(crops.float(), first_logits, SFR_PAMR_STEPS, PAMR_DILATIONS)
+            refined = pamr(crops.float(), first_logits, SFR_PAMR_STEPS, PAMR_DILATIONS, self.cfg.inference.compile)
         with self.timer.section("sfr_prior"):
             probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
             labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels
@@ -177,7 +177,7 @@ class Segmenter:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         if inf.pamr_steps > 0:
             img = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
-            logits = pamr(img, logits, inf.pamr_steps, PAMR_DILATIONS)
+            logits = pamr(img, logits, inf.pamr_steps, PAMR_DILATIONS, inf.compile)
         probs = torch.softmax(logits[0] * inf.logit_scale, dim=0)  # (Q, H, W)
         if len(self.text) != self.num_classes:
             index = self.query_class.view(-1, 1, 1).expand_as(probs)

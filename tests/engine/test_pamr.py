@@ -44,3 +44,11 @@ def test_matches_kernel_formulation():
 def test_zero_iterations_is_identity():
     logits = torch.randn(1, 2, 8, 8)
     assert pamr(torch.randn(1, 3, 8, 8), logits, 0) is logits
+
+
+def test_compiled_propagation_matches_eager():
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(1, 3, 24, 20, generator=g)
+    logits = torch.randn(1, 3, 24, 20, generator=g)
+    torch.testing.assert_close(pamr(image, logits, 3, (2, 4), compiled=True), pamr(image, logits, 3, (2, 4)),
+                               atol=1e-5, rtol=1e-5)

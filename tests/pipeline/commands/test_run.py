@@ -45,7 +45,10 @@ def test_driver_killed_then_rerun_equals_uninterrupted_run(reference, corpus, ti
     rerun = run_cli(tiny_overrides, corpus, out, "--max-failure-rate", "0.2")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     stats = json.loads((out / "_stats.json").read_text())
-    assert stats["shards_skipped"] == done_at_kill and stats["shards_labeled"] == len(NAMES) - done_at_kill
+    # A worker may still finish the shard it was on after its driver died (its commit is atomic
+    # and its content the same), so more than `done_at_kill` shards can be complete by now.
+    assert stats["shards_skipped"] >= done_at_kill and stats["shards_labeled"] >= 1
+    assert stats["shards_skipped"] + stats["shards_labeled"] == len(NAMES)
     assert_same_output(snapshot(reference[0], NAMES), snapshot(out, NAMES))
     assert "shards labeled / skipped / failed" in rerun.stdout  # the summary table
 
