@@ -21,3 +21,15 @@ TINY_OVERRIDES = [
 @pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
     return list(TINY_OVERRIDES)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is present; elsewhere they are reported as skipped, with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

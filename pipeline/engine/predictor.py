@@ -107,7 +107,10 @@ class Segmenter:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
         if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
             image = image.copy()
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            x = x.pin_memory()  # page-locked: the copy below runs asynchronously
+        x = x.to(self.device, non_blocking=True)
         x = x.permute(2, 0, 1)[None].float()
         size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side)
         if size != tuple(image.shape[:2]):

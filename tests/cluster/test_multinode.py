@@ -13,6 +13,7 @@ import os
 import tarfile
 import threading
 import time
+import traceback
 
 import pyarrow.parquet as pq
 import pytest
@@ -83,6 +84,7 @@ def test_node_removed_mid_run(cluster, tmp_path, caplog):
             outcome["summary"] = run_pipeline(str(inp), str(out), cfg, ray_address=c.address)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
+            outcome["traceback"] = traceback.format_exc()
 
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO):
@@ -109,7 +111,7 @@ def test_node_removed_mid_run(cluster, tmp_path, caplog):
     driver_log = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
                            if r.name.startswith("pipeline") and r.levelno >= logging.WARNING)
     assert not driver.is_alive(), f"run did not finish after the node was removed:\n{driver_log}"
-    assert "error" not in outcome, f"{outcome.get('error')!r}\n{driver_log}"
+    assert "error" not in outcome, f"{outcome.get('traceback')}\n{driver_log}"
     summary = outcome["summary"]
     total_s = time.monotonic() - t0
 
