@@ -145,7 +145,13 @@ class Dispatcher:
         if self.board is None:
             return
         # One report per message, so the bar moves per batch even when several arrived at once.
-        for shard, attempt, samples, ok, errors in ray.get(self.board.drain.remote()):
+        try:
+            messages = ray.get(self.board.drain.remote())
+        except INFRA_ERRORS as exc:  # progress is best effort; results arrive through ray.get
+            log.warning("progress board lost (%s); live progress stops here", _first_line(exc))
+            self.board = None
+            return
+        for shard, attempt, samples, ok, errors in messages:
             if self.totals.set(shard, attempt, samples, ok, errors):
                 self._report()
 

@@ -164,13 +164,16 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
                   progress: Progress, engine_factory: Optional[EngineFactory],
                   log_level: int) -> tuple[list[ShardResult], dict[str, Any], float]:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.dispatch import Dispatcher, wait_ready
 
     with ray_session(cfg, ray_address):
         count, options = _actor_plan(cfg, len(pending))
         board_name = f"pseudolabel-progress-{uuid.uuid4().hex[:12]}"
-        board = ray.remote(ProgressBoard).options(name=board_name, num_cpus=0).remote()
+        # Pinned to the driver's node: losing a worker node must not take the progress board along.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        board = ray.remote(ProgressBoard).options(name=board_name, num_cpus=0, scheduling_strategy=here).remote()
         worker_cls = ray.remote(LabelWorker).options(**options)
         crash_at = os.environ.get(CRASH_ENV)
         actors = [worker_cls.remote(cfg, output, board_name, engine_factory, log_level, crash_at)

@@ -1,6 +1,4 @@
 import gzip
-import io
-import tarfile
 
 import pytest
 
