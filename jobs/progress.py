@@ -27,6 +27,7 @@ def snapshot(output: str, input_spec: Optional[str], options: dict[str, Any]) ->
     from pipeline.storage import Storage
 
     out = Storage(output, options)
+    out.fs.invalidate_cache()  # the filesystem instance is reused between snapshots: list afresh
     names = [n for n in out.listdir("_done") if n.endswith(".json")]
     records = [json.loads(out.read_bytes(f"_done/{n}")) for n in names]
     snap: dict[str, Any] = {

@@ -45,7 +45,7 @@ import open_clip  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # noqa: E402
 
-from pipeline.toyworld.classes import NAMES, NUM_CLASSES  # noqa: E402
+from pipeline.toyworld.classes import NAMES, NUM_CLASSES, THINGS  # noqa: E402
 from pipeline.toyworld.generator import generate_scene, join_names, split_seed  # noqa: E402
 
 log = logging.getLogger("train_toy_clip")
@@ -84,6 +84,8 @@ class TrainConfig:
     n_small: int = 192
     small_sizes: list[int] = field(default_factory=lambda: [2, 3, 4])
     crop_min_share: float = 0.08  # a class is named in a crop caption above this pixel share
+    thing_crop_frac: float = 0.0  # share of crops placed to contain a thing (things are ~5x rarer per class)
+    aux_attn_only: float = 0.0  # weight of the same loss on the last block's attention output alone (see below)
     full_min_share: float = 0.005
     # scene pool
     pool: int = 3000
@@ -126,11 +128,23 @@ def embed_patches(model: CLIP, pixels: torch.Tensor, rows: torch.Tensor, cols: t
     return v.ln_pre(x)
 
 
-def encode_views(model: CLIP, pixels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Image embeddings (B, D) of grid-aligned crops (see `embed_patches`)."""
+def encode_views(model: CLIP, pixels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 attn_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image embeddings (B, D) of grid-aligned crops (see `embed_patches`) and, when `attn_only`,
+    a second embedding (B, D) of the class token read from the last block's attention output alone
+    (no residual, no MLP): the path that ClearCLIP / SCLIP / NACLIP read patch features from."""
     v = model.visual
-    x = v.transformer(embed_patches(model, pixels, rows, cols))
-    return v.ln_post(x[:, 0]) @ v.proj
+    x = embed_patches(model, pixels, rows, cols)
+    if not attn_only:
+        x = v.transformer(x)
+        return v.ln_post(x[:, 0]) @ v.proj, None
+    blocks = v.transformer.resblocks
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    cls_attn = _attention(last, x, "qk")[:, 0]  # (B, W)
+    x = last(x)
+    return v.ln_post(x[:, 0]) @ v.proj, v.ln_post(cls_attn) @ v.proj
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -148,6 +162,7 @@ class ScenePool:
             self._refresh_indices(step)
         self.images = np.zeros((cfg.pool, GRID * PATCH, GRID * PATCH, 3), np.uint8)
         self.labels = np.zeros((cfg.pool, GRID * PATCH, GRID * PATCH), np.uint8)
+        self.thing_patches = np.zeros((cfg.pool, GRID, GRID), bool)  # patches that hold a thing pixel
         for slot in range(cfg.pool):
             self._fill(slot)
 
@@ -160,6 +175,8 @@ class ScenePool:
     def _fill(self, slot: int) -> None:
         scene = generate_scene(self.cfg.data_seed, int(self.index[slot]))
         self.images[slot], self.labels[slot] = scene.image, scene.label
+        is_thing = np.isin(scene.label, THINGS).reshape(GRID, PATCH, GRID, PATCH)
+        self.thing_patches[slot] = is_thing.any(axis=(1, 3))
 
     def refresh(self, step: int) -> None:
         for slot in self._refresh_indices(step):
@@ -171,13 +188,21 @@ def present(label_crop: np.ndarray, min_share: float) -> tuple[int, ...]:
     return tuple(int(c) for c in np.flatnonzero(counts >= max(min_share * label_crop.size, 1)))
 
 
-def sample_views(pool: ScenePool, rng: np.random.Generator, n: int, s: int, min_share: float):
-    """n crops of s x s patches at random grid positions of random pool scenes (random h-flip).
+def sample_views(pool: ScenePool, rng: np.random.Generator, n: int, s: int, min_share: float, thing_frac: float = 0.0):
+    """n crops of s x s patches at random grid positions of random pool scenes (random h-flip); a
+    `thing_frac` share of them is placed over a random thing patch when the scene has one.
     Returns pixels uint8 (n, H, W, 3), rows, cols (n,), class sets (list of tuples)."""
     slots = rng.integers(0, len(pool.index), n)
     rows = rng.integers(0, GRID - s + 1, n)
     cols = rng.integers(0, GRID - s + 1, n)
     flips = rng.random(n) < 0.5
+    if thing_frac > 0 and s < GRID:
+        for i in np.flatnonzero(rng.random(n) < thing_frac):
+            cells = np.argwhere(pool.thing_patches[slots[i]])  # (K, 2)
+            if len(cells):
+                r, c = cells[rng.integers(len(cells))]
+                rows[i] = np.clip(r - rng.integers(s), 0, GRID - s)
+                cols[i] = np.clip(c - rng.integers(s), 0, GRID - s)
     px = s * PATCH
     pixels = np.empty((n, px, px, 3), np.uint8)
     sets = []
@@ -241,20 +266,29 @@ def _last_block_dense(block, x: torch.Tensor, mode: str, gauss: torch.Tensor | N
     no residual, no MLP), naclip (k-k attention plus a Gaussian window, no residual, no MLP)."""
     if mode == "vanilla":
         return block(x)[:, 1:]
+    return _attention(block, x, "qq" if mode == "clearclip" else "kk", gauss)[:, 1:]
+
+
+def _attention(block, x: torch.Tensor, kind: str, gauss: torch.Tensor | None = None) -> torch.Tensor:
+    """Output (B, N, W) of `block`'s attention alone (after out_proj; no residual, no MLP) with
+    logits q.k (the trained attention), q.q (ClearCLIP) or k.k plus an optional window prior (NACLIP)."""
     attn = block.attn
     b, n, w = x.shape
     heads = attn.num_heads
     h = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = h.view(b, n, 3, heads, w // heads).permute(2, 0, 3, 1, 4)  # each (B, heads, N, hd)
     scale = (w // heads) ** -0.5
-    if mode == "clearclip":
+    if kind == "qk":
+        logits = q @ k.transpose(-1, -2) * scale
+    elif kind == "qq":
         logits = q @ q.transpose(-1, -2) * scale
     else:
         logits = k @ k.transpose(-1, -2) * scale
-        logits[..., 1:, 1:] += gauss  # (N-1, N-1) window prior between patches
+        if gauss is not None:
+            logits[..., 1:, 1:] += gauss  # (N-1, N-1) window prior between patches
     out = logits.softmax(-1) @ v  # (B, heads, N, hd)
     out = out.transpose(1, 2).reshape(b, n, w)
-    return attn.out_proj(out)[:, 1:]
+    return attn.out_proj(out)
 
 
 def gaussian_window(std: float = 5.0) -> torch.Tensor:
@@ -320,21 +354,28 @@ def train_step(model, tokenizer, pool, cfg: TrainConfig, step: int) -> dict[str,
         (cfg.n_mid, int(rng.choice(cfg.mid_sizes)), cfg.crop_min_share),
         (cfg.n_small, int(rng.choice(cfg.small_sizes)), cfg.crop_min_share),
     ]
-    embeds, sets = [], []
+    embeds, aux, sets = [], [], []
+    use_aux = cfg.aux_attn_only > 0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         for n, s, share in groups:
             if n == 0:
                 continue
-            pixels, rows, cols, group_sets = sample_views(pool, rng, n, s, share)
-            embeds.append(encode_views(model, to_tensor(pixels), torch.from_numpy(rows), torch.from_numpy(cols)))
+            pixels, rows, cols, group_sets = sample_views(pool, rng, n, s, share, cfg.thing_crop_frac)
+            emb, emb_aux = encode_views(model, to_tensor(pixels), torch.from_numpy(rows), torch.from_numpy(cols), use_aux)
+            embeds.append(emb)
+            aux.append(emb_aux)
             sets.extend(group_sets)
         captions = [caption(rng, c) for c in sets]
         txt = model.encode_text(tokenizer(captions))
-    img = F.normalize(torch.cat(embeds).float(), dim=-1)
     txt = F.normalize(txt.float(), dim=-1)
     keys = torch.tensor([class_key(c) for c in sets])
-    loss = multi_positive_clip_loss(img, txt, keys, model.logit_scale.exp().clamp(max=100))
-    return {"loss": loss, "views": len(sets)}
+    scale = model.logit_scale.exp().clamp(max=100)
+    loss = multi_positive_clip_loss(F.normalize(torch.cat(embeds).float(), dim=-1), txt, keys, scale)
+    out = {"loss": loss, "views": len(sets)}
+    if use_aux:
+        loss_aux = multi_positive_clip_loss(F.normalize(torch.cat(aux).float(), dim=-1), txt, keys, scale)
+        out["loss"] = loss + cfg.aux_attn_only * loss_aux
+    return out
 
 
 def save_state(path: Path, model, opt, step: int, cfg: TrainConfig, elapsed: float, best: float) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -247,14 +248,15 @@ class RunLock:
         blob = record.to_json()
         if self.local:
             return _create_local(self.path, blob)
-        if self.fs.exists(self.path):
-            return False
+        self.fs.invalidate_cache(self.path)  # listings cached by a long-lived filesystem go stale
         try:
             self.fs.pipe_file(self.path, blob, mode="create")
         except FileExistsError:
             return False
         except (TypeError, NotImplementedError, ValueError):
-            # A backend without exclusive create: plain write, then read back below.
+            # A backend without exclusive create: check, plain write, then read back below.
+            if self.fs.exists(self.path):
+                return False
             self.fs.pipe_file(self.path, blob)
         self.fs.invalidate_cache(self.path)
         back = self._read()
@@ -365,6 +367,21 @@ class RunLock:
         self.lost.set()
         if self.on_lost is not None:
             self.on_lost(message)
+
+
+def holds_output_lock(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for `run(input_spec, output, cfg, ...)`: hold `RunLock(output)` for the whole call.
+
+    Adds two keyword arguments: `break_lock` (bool) and `lock_stale_after_s` (seconds or None).
+    """
+
+    @functools.wraps(run)
+    def locked(input_spec: Any, output: str, cfg: Any, *args: Any, break_lock: bool = False,
+               lock_stale_after_s: Optional[float] = None, **kwargs: Any) -> Any:
+        with RunLock(output, cfg.io.storage_options, lock_stale_after_s, break_lock=break_lock):
+            return run(input_spec, output, cfg, *args, **kwargs)
+
+    return locked
 
 
 def read_lock(output_url: str, storage_options: Optional[dict[str, Any]] = None) -> Optional[LockRecord]:

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 from pipeline.actor import CRASH_ENV, EngineFactory, LabelWorker
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.lock import holds_output_lock
 from pipeline.masks import LabelFormat
 from pipeline.progress import ProgressBoard
 from pipeline.shards import ShardSpec, expand_input
@@ -88,6 +89,7 @@ class RunSummary:
         return self.shard_failure_rate > max_failure_rate or self.sample_failure_rate > max_failure_rate
 
 
+@holds_output_lock  # OUTPUT/_lock.json for the whole run; adds break_lock=, lock_stale_after_s=
 def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO) -> RunSummary:

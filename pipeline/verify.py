@@ -31,7 +31,7 @@ from pipeline.errors import UserError
 from pipeline.reader import ReadReport, iter_samples
 from pipeline.schema import manifest_schema
 from pipeline.shards import ShardSpec, expand_input
-from pipeline.storage import Storage, open_input
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ def verify_output(
 ) -> VerifyReport:
     """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster)."""
     out = Storage(output_url, storage_options)
+    out.fs.invalidate_cache()  # fsspec reuses filesystem instances: drop listings cached earlier
     report = VerifyReport(output_url, input_spec)
     inputs: dict[str, ShardSpec] = {}
     if input_spec is not None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Optional
 
 from pipeline.cli import add_config_arguments
+from pipeline.lock import add_lock_arguments
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failure-rate", type=_rate, default=None, metavar="R",
                         help="exit 1 when the share of failed shards or failed samples exceeds R (0..1); "
                              "default: any failed shard, or more than 1%% of samples")
+    add_lock_arguments(parser)  # --break-lock, --lock-stale-after
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.add_argument("--json", dest="json_summary", action="store_true",
                         help="print the run summary as JSON instead of a table")
@@ -41,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     bar = None if args.no_progress else RichProgress()
     try:
         summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
-                               ray_address=args.ray_address, progress=bar, log_level=level)
+                               ray_address=args.ray_address, progress=bar, log_level=level,
+                               break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after)
     finally:
         if bar is not None:
             bar.close()

@@ -123,7 +123,7 @@ def _image_members(scene: Scene, image_format: ImageFormat, jpeg_quality: int) -
     buf = io.BytesIO()
     img = Image.fromarray(scene.image)
     if image_format == "jpg":
-        img.save(buf, format="JPEG", quality=jpeg_quality)
+        img.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)  # 4:4:4: textures keep their colour
     else:
         img.save(buf, format="PNG", compress_level=6)
     meta = {"seed": scene.seed, "index": scene.index, "classes": [NAMES[c] for c in scene.classes]}

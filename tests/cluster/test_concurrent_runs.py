@@ -22,7 +22,9 @@ def _run(inp, out, **popen) -> subprocess.Popen:
             "--max-failure-rate", "0.5", "--set", "ray.cpu_actors=1"]
     for item in TEST_OVERRIDES:
         args += ["--set", item]
-    return subprocess.Popen(args, cwd=REPO, env=subprocess_env(), start_new_session=True, text=True, **popen)
+    # Staleness 8 s: heartbeat every 2 s, so a killed holder on this host is broken after ~4 s.
+    env = subprocess_env(PSEUDOLABEL_LOCK_STALE_S="8")
+    return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, text=True, **popen)
 
 
 def test_second_run_fails_fast_then_killed_run_is_recovered(tmp_path):

@@ -43,7 +43,9 @@ def test_lock_on_s3_is_exclusive_and_released(s3_server, s3_bucket):
         first = read_lock(out, opts).heartbeat_at
         time.sleep(0.6)
         assert read_lock(out, opts).heartbeat_at > first
-    assert not _fs(s3_server).exists(f"{s3_bucket}/out/{LOCK_NAME}")
+    fs = _fs(s3_server)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{s3_bucket}/out/{LOCK_NAME}")
 
 
 def test_conditional_put_refuses_an_existing_lock(s3_server, s3_bucket):
@@ -73,7 +75,7 @@ def test_stale_lock_on_s3_is_broken(s3_server, s3_bucket, caplog):
 # -- the pipeline on S3 --------------------------------------------------------------------------
 def _run_cli(args: list[str], **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
-                            env=subprocess_env(PSEUDOLABEL_LOCK_STALE_S="20"),
+                            env=subprocess_env(PSEUDOLABEL_LOCK_STALE_S="8"),
                             start_new_session=True, **popen)
 
 
@@ -157,6 +159,7 @@ def test_s3_label_kill_resume_verify(s3_server, s3_bucket, tmp_path):
         _kill_group(first)
     killed_at = done_count()
     assert killed_at < len(shards), "the run finished before it could be killed; use more shards"
+    fs.invalidate_cache()
     assert fs.exists(f"{s3_bucket}/out/{LOCK_NAME}"), "the killed run's lock should be left behind"
 
     # 2. Resume: the dead run's lock is broken, completed shards are skipped, the rest labeled.
@@ -166,7 +169,8 @@ def test_s3_label_kill_resume_verify(s3_server, s3_bucket, tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "breaking lock" in log
     assert done_count() == len(shards)
-    assert not fs.exists(f"{s3_bucket}/out/{LOCK_NAME}")
+    fs.invalidate_cache()
+    assert not fs.exists(f"{s3_bucket}/out/{LOCK_NAME}"), "the lock must be released at the end"
 
     # 3. Verify, and compare with an uninterrupted local run, sample for sample.
     report = verify_output(out, inp, {"endpoint_url": s3_server})
