@@ -90,6 +90,7 @@ def _configure_logging(level: int) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+        logger.propagate = False  # a root handler added later (open_clip logs at root) would print twice
 
 
 def _parse_crash(spec: Optional[str]) -> Optional[tuple[str, int, str]]:

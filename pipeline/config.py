@@ -101,6 +101,8 @@ class RayConfig:
     num_actors: int = 0  # 0 = one per GPU, or `cpu_actors` without GPUs
     cpu_actors: int = 2
     cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # below 1, several actors share a GPU (e.g. 0.5: two per GPU)
+    stall_timeout_s: float = 900.0  # give up on the queued shards when no worker is alive for this long
     max_actor_restarts: int = 3  # restarts of a lost actor (infrastructure failures only)
     max_shard_retries: int = 3  # re-submissions of a shard whose worker was lost
 

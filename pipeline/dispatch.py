@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 INFRA_ERRORS = (RayActorError, ActorDiedError, WorkerCrashedError, ObjectLostError)
 
-
-
 @dataclass
 class _Task:
     kind: str  # "label" | "ping"
@@ -54,8 +52,11 @@ class ProgressTotals:
 
 class Dispatcher:
     def __init__(self, actors: list[Any], progress_board: Any, max_shard_retries: int,
-                 on_progress: Callable[[int, int, int], None], on_result: Callable[[ShardResult], None]):
+                 on_progress: Callable[[int, int, int], None], on_result: Callable[[ShardResult], None],
+                 stall_timeout_s: float = 900.0):
         self.actors = list(actors)
+        self.stall_timeout_s = stall_timeout_s
+        self.last_busy = time.monotonic()  # last moment a shard was being labeled
         self.board = progress_board
         self.max_retries = max_shard_retries
         self.on_progress = on_progress
@@ -71,7 +72,11 @@ class Dispatcher:
         self.idle = list(reversed(self.actors))  # ready actors (see wait_ready); pop() takes the first
         while self.todo or any(t.kind == "label" for t in self.tasks.values()):
             self._assign()
-            if not self.tasks:
+            if any(t.kind == "label" for t in self.tasks.values()):
+                self.last_busy = time.monotonic()
+            elif not self.tasks or time.monotonic() - self.last_busy > self.stall_timeout_s:
+                # Every worker is gone, or only restarts are pending that never come (a lost node
+                # that is not replaced): record the queued shards as failed instead of waiting forever.
                 results.extend(self._abandon("no Ray worker left alive"))
                 break
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.25)
@@ -91,6 +96,7 @@ class Dispatcher:
             shard, attempt = self.todo.popleft()
             self.totals.set(shard.name, attempt, 0, 0, 0)
             self.tasks[actor.label.remote(shard, attempt)] = _Task("label", actor, shard, attempt)
+            log.info("shard %s: assigned (attempt %d, %d queued)", shard.name, attempt, len(self.todo))
 
     def _collect(self, ref: Any, task: _Task) -> Optional[ShardResult]:
         if task.kind == "ping":
@@ -110,6 +116,8 @@ class Dispatcher:
             self.idle.append(task.actor)
             return ShardResult(task.shard.name, task.shard.url, CRASHED, failure=f"exception: {_cause(exc)}")
         self.idle.append(task.actor)
+        log.info("shard %s: %s on %s, %d samples (%d ok, %d errors) in %.1fs", result.shard, result.status,
+                 result.worker, result.samples, result.ok, result.errors, result.seconds)
         return result
 
     def _lost(self, task: _Task, exc: Exception) -> Optional[ShardResult]:

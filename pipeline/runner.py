@@ -188,7 +188,8 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
                 log.warning("a worker failed to start: %s", reason)
             described = ray.get(ready[0].describe.remote())
             dispatcher = Dispatcher(ready, board, cfg.ray.max_shard_retries,
-                                    on_progress=progress.update, on_result=progress.shard_finished)
+                                    on_progress=progress.update, on_result=progress.shard_finished,
+                                    stall_timeout_s=cfg.ray.stall_timeout_s)
             t0 = time.monotonic()
             results = dispatcher.run(pending)
             return results, described, time.monotonic() - t0
@@ -230,14 +231,18 @@ def _actor_plan(cfg: Config, pending: int) -> tuple[int, dict[str, Any]]:
     import ray
 
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if cfg.device != "cpu" else 0
-    count = cfg.ray.num_actors or gpus or cfg.ray.cpu_actors
+    gpus = float(resources.get("GPU", 0))
     options: dict[str, Any] = {"max_restarts": cfg.ray.max_actor_restarts, "max_task_retries": 0,
                                "num_cpus": cfg.ray.cpus_per_actor}
-    if gpus:
-        options["num_gpus"] = 1
-        count = min(count, gpus)
+    # An explicit cuda device asks for GPU actors even before GPU nodes have joined (autoscaling,
+    # KubeRay): Ray queues them until a GPU is free, and wait_ready waits for that.
+    use_gpus = cfg.device != "cpu" and (gpus > 0 or cfg.device.startswith("cuda"))
+    if use_gpus:
+        per_actor = cfg.ray.gpus_per_actor
+        options["num_gpus"] = per_actor
+        count = cfg.ray.num_actors or max(1, int(gpus / per_actor + 1e-9))
     else:
+        count = cfg.ray.num_actors or cfg.ray.cpu_actors
         fit = int(resources.get("CPU", 0) // max(cfg.ray.cpus_per_actor, 1e-9))
         if fit < 1:
             raise UserError(f"the Ray cluster has {resources.get('CPU', 0)} CPUs, fewer than ray.cpus_per_actor "
@@ -246,7 +251,8 @@ def _actor_plan(cfg: Config, pending: int) -> tuple[int, dict[str, Any]]:
             log.warning("%d CPU actors requested but only %d fit in %s CPUs", count, fit, resources.get("CPU"))
             count = fit
     count = max(1, min(count, pending))
-    log.info("starting %d label workers (%s)", count, "1 GPU each" if gpus else f"{cfg.ray.cpus_per_actor} CPU each")
+    log.info("starting %d label workers (%s)", count,
+             f"{options['num_gpus']} GPU each" if use_gpus else f"{cfg.ray.cpus_per_actor} CPU each")
     return count, options
 
 

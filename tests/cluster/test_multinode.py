@@ -37,6 +37,8 @@ def cluster(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():  # the suite's shared local Ray: the run must join this cluster instead
+        ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": OBJECT_STORE,
     })

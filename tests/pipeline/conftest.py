@@ -36,14 +36,15 @@ def engine(tiny_cfg):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for all tests in the session (starting one costs ~10 s on 2 cores)."""
+    """One local Ray for the tests that need one (starting one costs ~10 s on 2 cores); stopped at
+    the end of the session (tests/conftest.py). Should another fixture stop it in between, a run
+    starts its own local Ray, slower but the same."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    yield ray
-    ray.shutdown()
+    return ray
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

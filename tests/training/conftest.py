@@ -10,17 +10,15 @@ for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().pare
         sys.path.insert(0, str(_path))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_session():
-    ray = pytest.importorskip("ray")
-    started = False
+    """The local Ray shared by the suite (see tests/conftest.py), started here if none is running."""
+    import ray
+
     if not ray.is_initialized():
         # address="local": a fresh instance, never a stray cluster found through /tmp/ray
         ray.init(
             address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
         )
-        started = True
-    yield ray
-    if started:
-        ray.shutdown()
+    return ray
