@@ -31,7 +31,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pseudolabel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pseudolabel", description="Open-vocabulary dense pseudo-labels with ResCLIP, at corpus scale on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
