@@ -132,8 +132,12 @@ def _fits(state: dict[str, torch.Tensor], name: str) -> bool:
 
     if name not in open_clip.list_models():
         return False
-    with torch.device("meta"):  # shapes only, no memory, no initialisation cost
-        reference = open_clip.create_model(name, pretrained=None, device="meta").state_dict()
+    logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: that is the point
+    try:
+        with torch.device("meta"):  # shapes only, no memory, no initialisation cost
+            reference = open_clip.create_model(name, pretrained=None, device="meta").state_dict()
+    finally:
+        logging.disable(logging.NOTSET)
     return reference.keys() == state.keys() and all(reference[k].shape == state[k].shape for k in state)
 
 
