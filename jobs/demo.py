@@ -68,7 +68,7 @@ def main() -> int:
     print(f"weights: {weights}")
     print(f"method: {cfg.method.base} + RCS {'on' if cfg.method.rcs.enabled else 'off'}"
           f" + SFR {'on' if cfg.method.sfr.enabled else 'off'}; local Ray with {args.actors} CPU actors")
-    summary = run_pipeline(str(corpus / "images"), str(output), cfg)
+    summary = run_pipeline(str(corpus / "images"), str(output), cfg, log_level=logging.WARNING)
     print_summary(summary)
 
     result = evaluate_output(output, str(corpus / "labels"))
