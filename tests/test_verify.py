@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.cli import main as cli_main
 from pipeline.schema import manifest_schema
 from pipeline.verify import KINDS, verify_output
+from tests.output_fixture import write_tar
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,15 +29,6 @@ def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _read_tar(path: Path) -> list[tuple[str, bytes]]:
@@ -78,8 +70,8 @@ def built(tmp_path) -> tuple[Path, Path]:
             rows.append(_row(key, i, name, status="ok", width=w, height=h, mask_shard=f"masks/{name}.tar",
                              label_member=f"{key}.label.png", conf_member=f"{key}.conf.png",
                              image_member="png", labeled_at=now))
-        _write_tar(inp / f"{name}.tar", in_members)
-        _write_tar(out / "masks" / f"{name}.tar", masks)
+        write_tar(inp / f"{name}.tar", in_members)
+        write_tar(out / "masks" / f"{name}.tar", masks)
         _write_manifest(out / "manifest" / f"{name}.parquet", rows)
         ok = sum(r["status"] == "ok" for r in rows)
         _write_json(out / "_done" / f"{name}.json", {
@@ -158,7 +150,7 @@ def test_missing_member(built):
     out, inp = built
     tar = out / "masks" / "shard-000.tar"
     members = _read_tar(tar)
-    _write_tar(tar, [m for m in members if m[0] != "shard-000-0001.conf.png"])
+    write_tar(tar, [m for m in members if m[0] != "shard-000-0001.conf.png"])
     report = verify_output(str(out), str(inp))
     assert report.counts == {"missing_member": 1}, report.summary()
     assert report.problems[0].key == "shard-000-0001"
@@ -168,7 +160,7 @@ def test_orphan_member(built):
     out, inp = built
     tar = out / "masks" / "shard-001.tar"
     members = _read_tar(tar)
-    _write_tar(tar, members + [("ghost.label.png", members[0][1]), members[0]])
+    write_tar(tar, members + [("ghost.label.png", members[0][1]), members[0]])
     assert _kinds(out, inp) == {"orphan_member": 2}  # an unreferenced member and a repeated one
 
 
@@ -187,7 +179,7 @@ def test_bad_mask_values_and_corrupt_png(built):
     members = _read_tar(tar)
     members[0] = (members[0][0], _png(np.full((18, 18), 7, dtype=np.uint8)))  # class 7 of 3
     members[1] = (members[1][0], members[1][1][:40])  # truncated confidence PNG
-    _write_tar(tar, members)
+    write_tar(tar, members)
     assert _kinds(out, inp) == {"bad_mask": 2}
 
 
@@ -257,7 +249,7 @@ def test_repeated_input_key_is_two_samples(built):
     out, inp = built
     name = "shard-001"
     members = _read_tar(inp / f"{name}.tar")
-    _write_tar(inp / f"{name}.tar", members + [members[0]])
+    write_tar(inp / f"{name}.tar", members + [members[0]])
     path = out / "manifest" / f"{name}.parquet"
     rows = _read_rows(path)
     rows.append(_row(rows[0]["key"], len(rows), name, status="error", labeled_at=rows[0]["labeled_at"],
