@@ -39,12 +39,13 @@ def pamr_affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int] = (8, 16),
          compiled: bool = False) -> Tensor:
     """Refine logits (B, Q, H, W) with the affinities of `image` (B, 3, H, W) of the same size.
-    `compiled` runs the iterations through torch.compile, which fuses the 8 * len(dilations)
-    neighbour updates of an iteration into one pass over memory (several times faster)."""
+    `compiled` runs the affinities and the iterations through torch.compile, which fuses the
+    element-wise passes (one per neighbour and step in eager mode) into few passes over memory."""
     if iterations <= 0:
         return logits
-    aff = pamr_affinity(image.float(), dilations)[:, 0]  # (B, P, H, W)
-    run = _compiled_propagate() if compiled else propagate
+    affinity = _compiled(pamr_affinity) if compiled else pamr_affinity
+    aff = affinity(image.float(), tuple(dilations))[:, 0]  # (B, P, H, W)
+    run = _compiled(propagate) if compiled else propagate
     return run(logits.float(), aff, tuple(dilations), iterations)
 
 
@@ -59,6 +60,6 @@ def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], itera
     return logits
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_propagate():
-    return torch.compile(propagate, dynamic=False)
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
