@@ -32,7 +32,7 @@ def test_matches_reference(segmenters, case, image):
 
 @pytest.mark.golden
 def test_text_features_match_reference(segmenters):
-    ref = np.load(GOLDEN / f"naclip_resclip_slide__astronaut.npz")
+    ref = np.load(GOLDEN / "naclip_resclip_slide__astronaut.npz")
     seg = segmenters["naclip_resclip_slide"]
     np.testing.assert_allclose(seg.text.cpu().numpy(), ref["query_features"], atol=1e-5)
     assert seg.query_class.tolist() == ref["query_idx"].tolist()
