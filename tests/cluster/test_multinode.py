@@ -69,7 +69,6 @@ def _done_records(out) -> dict[str, dict]:
 
 
 def test_node_removed_mid_run(cluster, tmp_path, caplog):
-
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
