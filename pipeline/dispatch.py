@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -53,8 +54,9 @@ class ProgressTotals:
 class Dispatcher:
     def __init__(self, actors: list[Any], progress_board: Any, max_shard_retries: int,
                  on_progress: Callable[[int, int, int], None], on_result: Callable[[ShardResult], None],
-                 stall_timeout_s: float = 900.0):
+                 stall_timeout_s: float = 900.0, stop: Optional[threading.Event] = None):
         self.actors = list(actors)
+        self.stop = stop  # set when this run lost its lock: no new shard is handed out
         self.stall_timeout_s = stall_timeout_s
         self.last_busy = time.monotonic()  # last moment a shard was being labeled
         self.board = progress_board
@@ -71,6 +73,9 @@ class Dispatcher:
         self.todo.extend((s, 0) for s in shards)
         self.idle = list(reversed(self.actors))  # ready actors (see wait_ready); pop() takes the first
         while self.todo or any(t.kind == "label" for t in self.tasks.values()):
+            if self.stop is not None and self.stop.is_set():
+                results.extend(self._abandon("another run took over the OUTPUT lock"))
+                break
             self._assign()
             if any(t.kind == "label" for t in self.tasks.values()):
                 self.last_busy = time.monotonic()

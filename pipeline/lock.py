@@ -372,14 +372,17 @@ class RunLock:
 def holds_output_lock(run: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for `run(input_spec, output, cfg, ...)`: hold `RunLock(output)` for the whole call.
 
-    Adds two keyword arguments: `break_lock` (bool) and `lock_stale_after_s` (seconds or None).
+    Adds two keyword arguments: `break_lock` (bool) and `lock_stale_after_s` (seconds or None), and
+    hands `run` the lock's `lost` event as `lock_lost=`, so that it can stop when another run takes over.
     """
 
     @functools.wraps(run)
     def locked(input_spec: Any, output: str, cfg: Any, *args: Any, break_lock: bool = False,
                lock_stale_after_s: Optional[float] = None, **kwargs: Any) -> Any:
-        with RunLock(output, cfg.io.storage_options, lock_stale_after_s, break_lock=break_lock):
-            return run(input_spec, output, cfg, *args, **kwargs)
+        with RunLock(output, cfg.io.storage_options, lock_stale_after_s, break_lock=break_lock) as lock:
+            result = run(input_spec, output, cfg, *args, lock_lost=lock.lost, **kwargs)
+            lock.check()  # a run that lost its lock part way must not report success
+            return result
 
     return locked
 

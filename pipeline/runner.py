@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Iterator, Optional
 from pipeline.actor import CRASH_ENV, EngineFactory, LabelWorker
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.lock import holds_output_lock
+from pipeline.lock import LockHeldError, holds_output_lock
 from pipeline.masks import LabelFormat
 from pipeline.progress import ProgressBoard
 from pipeline.shards import ShardSpec, expand_input
@@ -92,8 +93,10 @@ class RunSummary:
 @holds_output_lock  # OUTPUT/_lock.json for the whole run; adds break_lock=, lock_stale_after_s=
 def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
-                 engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO) -> RunSummary:
-    """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics."""
+                 engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
+                 lock_lost: Optional[threading.Event] = None) -> RunSummary:
+    """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
+    `lock_lost` (set by the run lock's heartbeat) stops handing out shards."""
     t0 = time.monotonic()
     progress = progress or Progress()
     shards = expand_input(input_spec, cfg.io.storage_options)
@@ -112,7 +115,10 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
     label_seconds = 0.0
     if pending or dataset is None:
         results, described, label_seconds = _label_on_ray(pending, cfg, output, ray_address, progress,
-                                                          engine_factory, log_level)
+                                                          engine_factory, log_level, lock_lost)
+        if lock_lost is not None and lock_lost.is_set():
+            # Another run owns OUTPUT now: leave dataset.json and _stats.json to it.
+            raise LockHeldError(f"lost the lock on {output} to another run; stopped handing out shards")
         dataset = _ensure_dataset_json(storage, dataset, cfg, described, output, overwrite)
     summary = _summarize(input_spec, output, shards, records, results, dataset)
     summary.seconds = round(time.monotonic() - t0, 3)
@@ -163,8 +169,8 @@ def _clear_outputs(storage: Storage) -> None:
 # -- Ray --------------------------------------------------------------------------------------
 
 def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_address: Optional[str],
-                  progress: Progress, engine_factory: Optional[EngineFactory],
-                  log_level: int) -> tuple[list[ShardResult], dict[str, Any], float]:
+                  progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
+                  stop: Optional[threading.Event] = None) -> tuple[list[ShardResult], dict[str, Any], float]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -189,7 +195,7 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
             described = ray.get(ready[0].describe.remote())
             dispatcher = Dispatcher(ready, board, cfg.ray.max_shard_retries,
                                     on_progress=progress.update, on_result=progress.shard_finished,
-                                    stall_timeout_s=cfg.ray.stall_timeout_s)
+                                    stall_timeout_s=cfg.ray.stall_timeout_s, stop=stop)
             t0 = time.monotonic()
             results = dispatcher.run(pending)
             return results, described, time.monotonic() - t0
