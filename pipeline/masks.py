@@ -69,9 +69,3 @@ def _png(arr: np.ndarray, compression: int) -> bytes:
     Image.fromarray(arr).save(buf, format="PNG", compress_level=compression)
     return buf.getvalue()
 
-
-def decode_label_png(data: bytes) -> np.ndarray:
-    """Inverse of the label encoding, for readers and tests: (H, W) uint8 or uint16."""
-    img = Image.open(io.BytesIO(data))
-    arr = np.asarray(img)
-    return arr.astype(np.uint16) if img.mode.startswith("I") else arr

@@ -1,6 +1,6 @@
 """Read a finished `pseudolabel run` output directory through its documented format only.
 
-The layout (docs_contract.md): `dataset.json`, `manifest/NAME.parquet` (schema manifest-v1) and
+The layout (README "Output layout", schemas/): `dataset.json`, `manifest/NAME.parquet` (schema manifest-v1) and
 `masks/NAME.tar` holding `KEY.label.png` + `KEY.conf.png` for every ok sample. Nothing here
 imports the writer: evaluation, the report and the training loader all read through this module.
 

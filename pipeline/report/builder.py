@@ -23,6 +23,7 @@ from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, decode_image, image_members, iter_masks, iter_tar_members, ok_rows, per_shard,
     resolve_source,
 )
+from pipeline.overlay import blend_lut
 from pipeline.report import plots
 from pipeline.report.html import render_html
 
@@ -233,15 +234,6 @@ def _palette(info: DatasetInfo) -> np.ndarray:
     return lut
 
 
-def overlay(image: Optional[np.ndarray], label: np.ndarray, lut: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend class colours over `image` (same size as `label`); the colour map alone without an image."""
-    colors = lut[np.clip(label.astype(np.int64), 0, len(lut) - 1)]
-    if image is None:
-        return colors.astype(np.uint8)
-    blended = image.astype(np.float32) * (1 - alpha) + colors * alpha
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-
-
 def _draw_tiles(
     output: OutputDir, out: Path, info: DatasetInfo, drawn: pd.DataFrame,
     small_labels: dict[tuple[str, str], np.ndarray], tiles: dict[str, list[Tile]], options: ReportOptions,
@@ -263,7 +255,7 @@ def _draw_tiles(
     paths: dict[tuple[str, str], str] = {}
     for i, (ident, label) in enumerate(sorted(small_labels.items())):
         rel = f"img/s{i:04d}.jpg"
-        Image.fromarray(overlay(images.get(ident), label, lut, options.alpha)).save(out / rel, quality=85)
+        Image.fromarray(blend_lut(images.get(ident), label, lut, options.alpha)).save(out / rel, quality=85)
         paths[ident] = rel
     for group in tiles.values():
         for tile in group:

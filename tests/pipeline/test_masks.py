@@ -3,7 +3,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.masks import LabelFormat, decode_label_png, encode_masks
+from pipeline.evaluation.outputs import decode_label_png
+from pipeline.masks import LabelFormat, encode_masks
 
 
 def test_uint8_labels_ignore_and_counts():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.masks import decode_label_png
+from pipeline.evaluation.outputs import decode_label_png
 from pipeline.reader import ReadReport, iter_samples
 from pipeline.runner import run_pipeline
 from pipeline.schema import manifest_schema
