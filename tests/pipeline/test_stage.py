@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pipeline.demo_corpus import write_tar
-from pipeline.masks import decode_label_png
+from pipeline.evaluation.outputs import decode_label_png
 from pipeline.shards import ShardSpec
 from pipeline.stage import DONE, FAILED, UNREADABLE, ShardLabeler
 from pipeline.storage import Storage
