@@ -42,7 +42,9 @@ def format_result(doc: dict) -> str:
     lines = [
         f"device {doc['device']}  model {doc['model']}  images {doc['images']} x {doc['image_size']}",
         f"settings {doc['settings']}",
-        f"(a) one image at a time      {doc['single_images_per_s']:8.2f} images/s",
+        f"(a)  authors' structure       {doc['single_images_per_s']:8.2f} images/s",
+        f"(a') our kernels, 1 crop/pass {doc['single_engine_kernels_images_per_s']:8.2f} images/s"
+        f"  ({doc['single_engine_kernels_images_per_s'] / doc['single_images_per_s']:.2f}x)",
     ]
     for bs, ips in doc["engine_by_batch"].items():
         lines.append(f"(b) engine, batch {bs:>3}        {ips:8.2f} images/s  ({ips / doc['single_images_per_s']:.2f}x)")

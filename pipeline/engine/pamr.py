@@ -4,15 +4,26 @@ Each pixel's logits become an affinity-weighted average of its 8 neighbours at e
 Affinities come from the image: -|x - x_nb| / (1e-8 + 0.1 * std), where std is the unbiased std
 over the 3x3 neighbourhoods of all dilations (9 values each, centre included), averaged over the
 colour channels and softmax-normalised over the neighbours. Borders are replicate-padded.
+
+The weights depend on the image only, so the refinement is a fixed linear map applied `iterations`
+times. Two kernels compute it, with the same numbers:
+- `sparse`: the neighbour weights as one CSR matrix (pixels x pixels, block-diagonal over the
+  batch) times channels-last logits. One pass over the logits per iteration instead of one per
+  neighbour: 2.5x faster than `shifted` on CPU, where PAMR is most of the engine's time.
+- `shifted`: neighbour by neighbour over shifted views, 16 element-wise passes per iteration;
+  `compiled` fuses them with torch.compile.
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import warnings
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+PamrKernel = Literal["sparse", "shifted"]
 
 # Neighbour offsets in the order of the reference kernels (row-major 3x3 without the centre).
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -28,23 +39,34 @@ def _shifted(x: Tensor, dilation: int, with_centre: bool) -> list[Tensor]:
 
 
 def pamr_affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
-    """Neighbour weights from the image (B, 3, H, W): (B, 1, P, H, W) with P = 8 * len(dilations)."""
-    neighbourhood = torch.stack([v for d in dilations for v in _shifted(image, d, True)], dim=2)
-    std = neighbourhood.std(dim=2, keepdim=True)  # (B, 3, 1, H, W), unbiased
-    neighbours = torch.stack([v for d in dilations for v in _shifted(image, d, False)], dim=2)
-    aff = -(image.unsqueeze(2) - neighbours).abs() / (1e-8 + 0.1 * std)
-    return torch.softmax(aff.mean(dim=1, keepdim=True), dim=2)
+    """Neighbour weights from the image (B, 3, H, W): (B, P, H, W) with P = 8 * len(dilations).
+
+    Works one neighbour at a time on (B, 3, H, W) planes: stacking the 18-value neighbourhoods and
+    reducing across the stack is 10x slower on CPU for the same result."""
+    neighbours = [v for d in dilations for v in _shifted(image, d, False)]
+    count = len(neighbours) + len(dilations)  # every dilation's neighbourhood includes the centre
+    mean = torch.stack(neighbours).sum(0).add_(image, alpha=len(dilations)).div_(count)
+    var = (image - mean).square_().mul_(len(dilations))
+    for v in neighbours:
+        var.add_((v - mean).square_())
+    denom = var.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8)  # unbiased std, as torch.std
+    scores = image.new_empty((image.shape[0], len(neighbours)) + tuple(image.shape[-2:]))
+    for n, v in enumerate(neighbours):
+        torch.mean((image - v).abs_().div_(denom), dim=1, out=scores[:, n])
+    return torch.softmax(scores.neg_(), dim=1)
 
 
 def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int] = (8, 16),
-         compiled: bool = False) -> Tensor:
+         kernel: PamrKernel = "sparse", compiled: bool = False) -> Tensor:
     """Refine logits (B, Q, H, W) with the affinities of `image` (B, 3, H, W) of the same size.
-    `compiled` runs the affinities and the iterations through torch.compile, which fuses the
-    element-wise passes (one per neighbour and step in eager mode) into few passes over memory."""
+    `compiled` (shifted kernel only) fuses the propagation's element-wise passes with torch.compile."""
     if iterations <= 0:
         return logits
-    affinity = _compiled(pamr_affinity) if compiled else pamr_affinity
-    aff = affinity(image.float(), tuple(dilations))[:, 0]  # (B, P, H, W)
+    aff = pamr_affinity(image.float(), tuple(dilations))  # (B, P, H, W)
+    if kernel == "sparse":
+        # float32 throughout, also under autocast: the CSR product has no half-precision CPU kernel.
+        with torch.autocast(logits.device.type, enabled=False):
+            return propagate_sparse(logits.float(), aff, tuple(dilations), iterations)
     run = _compiled(propagate) if compiled else propagate
     return run(logits.float(), aff, tuple(dilations), iterations)
 
@@ -58,6 +80,34 @@ def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], itera
             out.addcmul_(weights[:, n : n + 1], nb)
         logits = out
     return logits
+
+
+def propagate_sparse(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], iterations: int) -> Tensor:
+    b, q, h, w = logits.shape
+    columns = _neighbour_columns(b, h, w, dilations, str(logits.device))  # (B*H*W*P,)
+    p = weights.shape[1]
+    rows = torch.arange(0, columns.numel() + 1, p, device=logits.device)
+    values = weights.permute(0, 2, 3, 1).reshape(-1)  # row-major (pixel, neighbour), like `columns`
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        matrix = torch.sparse_csr_tensor(rows, columns, values, (b * h * w, b * h * w), check_invariants=False)
+    x = logits.permute(0, 2, 3, 1).reshape(b * h * w, q)  # channels-last: one row of Q per pixel
+    for _ in range(iterations):
+        x = matrix @ x
+    return x.reshape(b, h, w, q).permute(0, 3, 1, 2).contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def _neighbour_columns(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str) -> Tensor:
+    """Flat pixel index of every pixel's neighbours (clamped = replicate padding), in `_OFFSETS` order
+    per dilation, offset by each batch item's block: (batch * h * w * P,) int64."""
+    ys = torch.arange(h).view(h, 1)
+    xs = torch.arange(w).view(1, w)
+    cols = [((ys + dy * d).clamp(0, h - 1) * w + (xs + dx * d).clamp(0, w - 1)).reshape(-1)
+            for d in dilations for dy, dx in _OFFSETS]
+    one = torch.stack(cols, dim=1)  # (h*w, P)
+    blocks = one[None] + (torch.arange(batch) * h * w).view(batch, 1, 1)
+    return blocks.reshape(-1).to(device)
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.config import Config
+from pipeline.config import Config, InferenceConfig
 from pipeline.engine.dense_vit import DenseViT
 from pipeline.engine.loading import LoadedClip, load_clip
 from pipeline.engine.pamr import pamr
@@ -77,6 +77,7 @@ class Segmenter:
         # PAMR is memory-bound: on a CPU one crop at a time stays in cache (2x faster than 48 at once);
         # a GPU wants the whole batch.
         self._pamr_chunk = 1 if device.type == "cpu" else 1 << 30
+        self.pamr_kernel = _pamr_kernel(cfg.inference, device)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Segmenter":
@@ -132,7 +133,7 @@ class Segmenter:
         for i, img in enumerate(images):
             for crop in plan_crops(img.shape[-2], img.shape[-1], inf.slide_crop, inf.slide_stride):
                 groups[crop.shape].append((i, crop))
-        step = max(1, inf.max_crops_per_forward)
+        step = inf.max_crops_per_forward if inf.max_crops_per_forward > 0 else (12 if self.device.type == "cpu" else 64)
         for members in groups.values():
             for start in range(0, len(members), step):
                 chunk = members[start : start + step]
@@ -164,13 +165,16 @@ class Segmenter:
         sfr = self.cfg.method.sfr
         with self.timer.section("sfr_pamr"):
             refined = torch.cat([
-                pamr(img, lg, SFR_PAMR_STEPS, PAMR_DILATIONS, self.cfg.inference.compile)
+                self._pamr(img, lg, SFR_PAMR_STEPS)
                 for img, lg in zip(crops.float().split(self._pamr_chunk), first_logits.split(self._pamr_chunk))
             ])
         with self.timer.section("sfr_prior"):
             probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
             labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels
             return sfr_prior(labels, self.cfg.method.gaussian_std, sfr.delete_same_entity)
+
+    def _pamr(self, image: Tensor, logits: Tensor, iterations: int) -> Tensor:
+        return pamr(image, logits, iterations, PAMR_DILATIONS, self.pamr_kernel, self.cfg.inference.compile)
 
     def _project(self, tokens: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
         feats = tokens[:, 1:].float()  # drop the class token: (B, N, E)
@@ -186,7 +190,7 @@ class Segmenter:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         if inf.pamr_steps > 0:
             img = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
-            logits = pamr(img, logits, inf.pamr_steps, PAMR_DILATIONS, inf.compile)
+            logits = self._pamr(img, logits, inf.pamr_steps)
         probs = torch.softmax(logits[0] * inf.logit_scale, dim=0)  # (Q, H, W)
         if len(self.text) != self.num_classes:
             index = self.query_class.view(-1, 1, 1).expand_as(probs)
@@ -211,6 +215,16 @@ def _resized(height: int, width: int, short_side: int) -> tuple[int, int]:
         return height, width
     scale = short_side / min(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def _pamr_kernel(inf: InferenceConfig, device: torch.device) -> str:
+    if inf.pamr_kernel == "auto":
+        # The sparse kernel is the fastest measured on CPU; compilation fuses the shifted one. The
+        # sparse kernel has not been timed on a GPU yet, so CUDA keeps the proven shifted kernel.
+        return "shifted" if inf.compile or device.type == "cuda" else "sparse"
+    if inf.compile and inf.pamr_kernel == "sparse":
+        raise UserError("inference.compile fuses the shifted PAMR kernel: use pamr_kernel=shifted or auto")
+    return inf.pamr_kernel
 
 
 def _autocast(device: torch.device, precision: str):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine import Segmenter
+from pipeline.errors import UserError
 
 from tests.engine.golden_data import golden_config
 
@@ -53,3 +54,18 @@ def test_cpu_bfloat16_agrees_with_float32(images):
     ref = Segmenter.from_config(golden_config()).predict([img])[0]
     low = Segmenter.from_config(golden_config(["precision=bfloat16"])).predict([img])[0]
     assert (low.pred == ref.pred).mean() > 0.8  # random tiny model: many near-ties; GPU test is tighter
+
+
+def test_pamr_kernel_choice():
+    assert Segmenter.from_config(golden_config()).pamr_kernel == "sparse"  # auto on CPU
+    assert Segmenter.from_config(golden_config(["inference.compile=true"])).pamr_kernel == "shifted"
+    with pytest.raises(UserError, match="pamr_kernel"):
+        Segmenter.from_config(golden_config(["inference.compile=true", "inference.pamr_kernel=sparse"]))
+
+
+def test_final_pamr_kernels_give_the_same_labels(images):
+    img = images["chelsea"]
+    out = {k: Segmenter.from_config(golden_config(["inference.pamr_steps=4", f"inference.pamr_kernel={k}"]))
+           .predict([img])[0] for k in ("sparse", "shifted")}
+    assert (out["sparse"].pred == out["shifted"].pred).mean() >= 0.9999
+    np.testing.assert_allclose(out["sparse"].probs, out["shifted"].probs, atol=1e-5)

@@ -33,3 +33,14 @@ def test_two_engines_share_one_gpu(images):
     out_b = b.predict([images["astronaut"]])[0]
     assert (out_a.pred == out_b.pred).all()
     assert torch.cuda.memory_allocated() > 0
+
+
+def test_cuda_sparse_pamr_matches_shifted():
+    from pipeline.engine.pamr import pamr
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(4, 3, 224, 224, generator=g).cuda()
+    logits = torch.randn(4, 20, 224, 224, generator=g).cuda()
+    sparse = pamr(image, logits, 10, (8, 16), "sparse")
+    shifted = pamr(image, logits, 10, (8, 16), "shifted")
+    torch.testing.assert_close(sparse, shifted, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,5 @@
 """Vectorised PAMR against a direct convolution-kernel formulation of the published algorithm."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -50,5 +51,25 @@ def test_compiled_propagation_matches_eager():
     g = torch.Generator().manual_seed(1)
     image = torch.randn(1, 3, 24, 20, generator=g)
     logits = torch.randn(1, 3, 24, 20, generator=g)
-    torch.testing.assert_close(pamr(image, logits, 3, (2, 4), compiled=True), pamr(image, logits, 3, (2, 4)),
+    torch.testing.assert_close(pamr(image, logits, 3, (2, 4), "shifted", compiled=True), pamr(image, logits, 3, (2, 4)),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch,size", [(1, (33, 29)), (3, (20, 48))])
+def test_sparse_and_shifted_kernels_agree(batch, size):
+    g = torch.Generator().manual_seed(2)
+    image = torch.randn(batch, 3, *size, generator=g)
+    logits = torch.randn(batch, 6, *size, generator=g)
+    sparse = pamr(image, logits, 6, (3, 7), "sparse")
+    shifted = pamr(image, logits, 6, (3, 7), "shifted")
+    assert sparse.shape == logits.shape
+    assert not torch.allclose(sparse, logits, atol=1e-3)  # the refinement did something
+    torch.testing.assert_close(sparse, shifted, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_kernel_keeps_float32_under_autocast():
+    image, logits = torch.randn(1, 3, 16, 16), torch.randn(1, 2, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pamr(image, logits, 2, (1, 2), "sparse")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, pamr(image, logits, 2, (1, 2), "shifted"), atol=1e-5, rtol=1e-5)
