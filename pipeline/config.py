@@ -85,7 +85,7 @@ class InferenceConfig:
     # cache: a batch of 8 images is 15% faster than with 48 crops at once), 64 on GPU.
     max_crops_per_forward: int = 0
     # PAMR propagation: `sparse` (one CSR product per iteration; fastest on CPU), `shifted` (one pass
-    # per neighbour; what `compile` fuses); auto = sparse on CPU, shifted on CUDA.
+    # per neighbour; what `compile` fuses); auto = sparse, or shifted with `compile`.
     pamr_kernel: PamrKernelChoice = "auto"
     # torch.compile the shifted PAMR propagation, after a one-off compile per crop shape (~1 min on
     # 2 cores). With pamr_kernel auto, compile picks the shifted kernel.

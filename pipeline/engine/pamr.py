@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -84,30 +85,61 @@ def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], itera
 
 def propagate_sparse(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], iterations: int) -> Tensor:
     b, q, h, w = logits.shape
-    columns = _neighbour_columns(b, h, w, dilations, str(logits.device))  # (B*H*W*P,)
-    p = weights.shape[1]
-    rows = torch.arange(0, columns.numel() + 1, p, device=logits.device)
-    values = weights.permute(0, 2, 3, 1).reshape(-1)  # row-major (pixel, neighbour), like `columns`
+    pattern = _pattern(b, h, w, dilations, str(logits.device))
+    flat = weights.permute(0, 2, 3, 1).reshape(-1)  # (pixel, neighbour) order, as `_Pattern.rounds` index it
+    values = flat.new_zeros(pattern.columns.numel())
+    for src, dst in pattern.rounds:  # each round's targets are distinct: deterministic, also on a GPU
+        values[dst] += flat[src]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(rows, columns, values, (b * h * w, b * h * w), check_invariants=False)
+        matrix = torch.sparse_csr_tensor(pattern.rows, pattern.columns, values, (b * h * w, b * h * w),
+                                         check_invariants=False)
     x = logits.permute(0, 2, 3, 1).reshape(b * h * w, q)  # channels-last: one row of Q per pixel
     for _ in range(iterations):
         x = matrix @ x
     return x.reshape(b, h, w, q).permute(0, 3, 1, 2).contiguous()
 
 
+@dataclass(frozen=True)
+class _Pattern:
+    """Canonical CSR pattern of the neighbour matrix: sorted, distinct columns in every row, as cuSPARSE
+    requires. Near the borders clamping maps several neighbours to one pixel; their weights are summed
+    into one entry, in neighbour order, one `round` per duplicate rank."""
+
+    rows: Tensor  # (B*H*W + 1,) int32 row starts
+    columns: Tensor  # (nnz,) int32
+    rounds: tuple[tuple[Tensor, Tensor], ...]  # (index into the flat (pixel, neighbour) weights, entry)
+
+
 @functools.lru_cache(maxsize=32)
-def _neighbour_columns(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str) -> Tensor:
-    """Flat pixel index of every pixel's neighbours (clamped = replicate padding), in `_OFFSETS` order
-    per dilation, offset by each batch item's block: (batch * h * w * P,) int64."""
+def _pattern(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str) -> _Pattern:
     ys = torch.arange(h).view(h, 1)
     xs = torch.arange(w).view(1, w)
-    cols = [((ys + dy * d).clamp(0, h - 1) * w + (xs + dx * d).clamp(0, w - 1)).reshape(-1)
-            for d in dilations for dy, dx in _OFFSETS]
-    one = torch.stack(cols, dim=1)  # (h*w, P)
-    blocks = one[None] + (torch.arange(batch) * h * w).view(batch, 1, 1)
-    return blocks.reshape(-1).to(device)
+    cols = torch.stack([((ys + dy * d).clamp(0, h - 1) * w + (xs + dx * d).clamp(0, w - 1)).reshape(-1)
+                        for d in dilations for dy, dx in _OFFSETS], dim=1)  # (HW, P), replicate padding
+    n, p = cols.shape
+    ordered, order = cols.sort(dim=1, stable=True)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    entry = first.reshape(-1).cumsum(0).reshape(n, p) - 1  # entry of each sorted slot
+    slot = torch.arange(p).expand(n, p)
+    rank = slot - (slot * first).cummax(dim=1).values  # 0 for a column's first neighbour, then 1, 2...
+    nnz = int(first.sum())
+    src_one = torch.arange(n).view(n, 1) * p + order  # flat (pixel, neighbour) index of each sorted slot
+    dtype = torch.int32 if batch * max(nnz, n) < 2**31 else torch.int64
+    offsets = torch.arange(batch).view(batch, 1)
+
+    def tiled(x: Tensor, step: int) -> Tensor:
+        return (x.reshape(1, -1) + offsets * step).reshape(-1)
+
+    row_starts = torch.cat([torch.zeros(1, dtype=torch.long), first.sum(1).cumsum(0)])
+    rows = torch.cat([tiled(row_starts[:-1], nnz), torch.tensor([batch * nnz])])
+    rounds = tuple(
+        (tiled(src_one[rank == r], n * p).to(device), tiled(entry[rank == r], nnz).to(device))
+        for r in range(int(rank.max()) + 1)
+    )
+    return _Pattern(rows=rows.to(device=device, dtype=dtype),
+                    columns=tiled(ordered[first], n).to(device=device, dtype=dtype), rounds=rounds)
 
 
 @functools.lru_cache(maxsize=None)

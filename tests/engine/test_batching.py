@@ -69,3 +69,19 @@ def test_final_pamr_kernels_give_the_same_labels(images):
            .predict([img])[0] for k in ("sparse", "shifted")}
     assert (out["sparse"].pred == out["shifted"].pred).mean() >= 0.9999
     np.testing.assert_allclose(out["sparse"].probs, out["shifted"].probs, atol=1e-5)
+
+
+def test_auto_pamr_falls_back_when_sparse_is_unavailable(images, monkeypatch):
+    import pipeline.engine.pamr as pamr_module
+
+    def unavailable(*args, **kwargs):
+        raise NotImplementedError("no CSR product on this device")
+
+    expected = Segmenter.from_config(golden_config()).predict([images["coffee"]])[0]
+    monkeypatch.setattr(pamr_module, "propagate_sparse", unavailable)
+    seg = Segmenter.from_config(golden_config())
+    got = seg.predict([images["coffee"]])[0]
+    assert seg.pamr_kernel == "shifted"
+    assert (got.pred == expected.pred).mean() >= 0.999
+    with pytest.raises(NotImplementedError):
+        Segmenter.from_config(golden_config(["inference.pamr_kernel=sparse"])).predict([images["coffee"]])
