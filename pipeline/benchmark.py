@@ -31,7 +31,8 @@ from pipeline.config import Config
 from pipeline.engine import Segmenter
 from pipeline.engine.costmodel import PEAK_TFLOPS, dims_of, image_flops
 from pipeline.engine.reference_path import ReferenceStructure
-from pipeline.demo_corpus import scene, write_tar
+from pipeline.demo_corpus import scene
+from pipeline.tarfiles import write_tar
 from pipeline.shards import ShardSpec
 from pipeline.stage import ShardLabeler
 from pipeline.storage import Storage

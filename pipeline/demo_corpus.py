@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipeline.tarfiles import write_tar
 
 
 def build_demo_corpus(out_dir: str | Path, shards: int = 3, per_shard: int = 8, seed: int = 0,
@@ -37,17 +38,6 @@ def build_demo_corpus(out_dir: str | Path, shards: int = 3, per_shard: int = 8, 
         write_tar(path, members)
         paths.append(path)
     return paths
-
-
-def write_tar(path: str | Path, members: list[tuple[str, bytes]]) -> None:
-    """A tar with the given (name, bytes) members in order, fixed metadata for reproducibility."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
 
 
 def scene(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:

@@ -46,6 +46,7 @@ import fsspec
 
 from pipeline.errors import UserError
 from pipeline.storage import storage_options_for
+from pipeline.timestamps import utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class RunLock:
 
     # -- storage --------------------------------------------------------------------------
     def _new_record(self) -> LockRecord:
-        now = _now_iso()
+        now = utc_now_iso()
         return LockRecord(
             run_id=self.run_id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
             heartbeat_at=now, heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s,
@@ -284,7 +285,7 @@ class RunLock:
         elif mtime is not None:
             stamp = dt.datetime.fromtimestamp(float(mtime), dt.timezone.utc).isoformat()
         else:
-            stamp = _now_iso()
+            stamp = utc_now_iso()
         return LockRecord(
             run_id="<unreadable>", host="<unknown>", pid=-1, started_at=stamp, heartbeat_at=stamp,
             heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s, output=self.output_url,
@@ -351,7 +352,7 @@ class RunLock:
                 if holder is None or holder.run_id != self.run_id:
                     self._mark_lost(holder)
                     return
-                self.record.heartbeat_at = _now_iso()
+                self.record.heartbeat_at = utc_now_iso()
                 self._write_heartbeat(self.record)
                 last_ok = time.monotonic()
             except OSError as exc:
@@ -460,10 +461,6 @@ def _pid_alive(pid: int, pid_start: Optional[str]) -> bool:
     if pid_start is not None and len(fields) > 19 and fields[19] != pid_start:
         return False  # the pid now belongs to another process
     return True
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _parse_time(stamp: str) -> float:

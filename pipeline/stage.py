@@ -27,6 +27,7 @@ from pipeline.reader import ReadReport, iter_samples
 from pipeline.records import SampleError, SampleResult
 from pipeline.shards import ShardSpec
 from pipeline.storage import Storage
+from pipeline.timestamps import utc_now_iso
 from pipeline.writers import MaskTarWriter, done_path, manifest_path, mask_shard_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ShardLabeler:
 
     def label(self, shard: ShardSpec) -> ShardResult:
         t0 = time.monotonic()
-        result = ShardResult(shard.name, shard.url, DONE, started_at=_now_iso(), worker=self.worker,
+        result = ShardResult(shard.name, shard.url, DONE, started_at=utc_now_iso(), worker=self.worker,
                              class_pixels=[0] * self.fmt.num_classes)
         log.info("shard %s: start (%s)", shard.name, shard.url)
         report = ReadReport()
@@ -242,7 +243,7 @@ class ShardLabeler:
         self.progress(ShardProgress(result.shard, result.samples, result.ok, result.errors))
 
     def _finish(self, result: ShardResult, t0: float) -> None:
-        result.finished_at = _now_iso()
+        result.finished_at = utc_now_iso()
         result.seconds = round(time.monotonic() - t0, 3)
         record = done_record(result, self.cfg.fingerprint())
         # Written last: its presence is what makes the shard complete.
@@ -255,7 +256,7 @@ class ShardLabeler:
     def _finish_unreadable(self, result: ShardResult, report: ReadReport, t0: float) -> ShardResult:
         result.status, result.failure = UNREADABLE, report.failure
         result.samples = result.ok = result.errors = 0
-        result.finished_at = _now_iso()
+        result.finished_at = utc_now_iso()
         result.seconds = round(time.monotonic() - t0, 3)
         log.warning("shard %s: unreadable (%s); nothing written, it will be retried next run",
                     result.shard, report.failure)
@@ -290,8 +291,3 @@ def _chunks(samples: Iterator[SampleResult], batch_size: int) -> Iterator[list[S
             chunk, images = [], 0
     if chunk:
         yield chunk
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-

@@ -20,7 +20,7 @@ import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ from pipeline.reader import ReadReport, iter_samples
 from pipeline.schema import manifest_schema
 from pipeline.shards import ShardSpec, expand_input
 from pipeline.storage import Storage
+from pipeline.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
 
@@ -322,18 +323,19 @@ def _check_masks(
     found: list[str] = []
     present: set[str] = set()
     try:
-        for member, data in _iter_tar(out.fs.open(out.path(f"masks/{name}.tar"), "rb")):
-            check.members += 1
-            if member in present:
-                check.add("orphan_member", f"{member} appears more than once in the mask shard")
-                continue
-            found.append(member)
-            present.add(member)
-            if member not in expected:
-                check.add("orphan_member", f"{member} is not referenced by any ok row")
-                continue
-            which, row = expected[member]
-            _check_png(member, data, which, row, info, check, decode)
+        with out.fs.open(out.path(f"masks/{name}.tar"), "rb") as f:
+            for member, data in iter_members(f):
+                check.members += 1
+                if member in present:
+                    check.add("orphan_member", f"{member} appears more than once in the mask shard")
+                    continue
+                found.append(member)
+                present.add(member)
+                if member not in expected:
+                    check.add("orphan_member", f"{member} is not referenced by any ok row")
+                    continue
+                which, row = expected[member]
+                _check_png(member, data, which, row, info, check, decode)
     except (OSError, tarfile.TarError) as exc:
         check.add("missing_member", f"masks/{name}.tar cannot be read past member {len(found)}: {exc}")
     for member in order:
@@ -480,19 +482,6 @@ def input_keys(url: str, storage_options: Optional[dict[str, Any]] = None) -> li
     if report.unreadable:
         raise OSError(report.failure)
     return keys
-
-
-def _iter_tar(fileobj: Any, read: bool = True) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular member, streaming; the file object is closed at the end."""
-    with fileobj as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            data = b""
-            if read:
-                extracted = tar.extractfile(info)
-                data = extracted.read() if extracted is not None else b""
-            yield info.name, data
 
 
 def verify_or_raise(output_url: str, input_spec: Optional[str] = None,

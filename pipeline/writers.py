@@ -2,13 +2,12 @@
 
 The mask tar streams to a local temporary file while the shard is labeled (a shard's masks can be
 larger than memory); the manifest is small (one row per sample) and is written whole at the end.
-Tar members carry fixed metadata (mtime 0, uid 0, mode 644) so that relabeling the same input
-gives byte-identical shards.
+Tar members carry fixed metadata (`pipeline.tarfiles.tar_member`) so that relabeling the same
+input gives byte-identical shards.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import tarfile
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.records import SampleResult
 from pipeline.schema import manifest_schema
 from pipeline.storage import Storage
+from pipeline.tarfiles import TAR_FORMAT, tar_member
 
 
 def mask_shard_path(name: str) -> str:
@@ -44,7 +44,7 @@ class MaskTarWriter:
 
     def __enter__(self) -> "MaskTarWriter":
         tmp = self._stack.enter_context(self.storage.atomic_path(self.rel_path))
-        self._tar = self._stack.enter_context(tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT))
+        self._tar = self._stack.enter_context(tarfile.open(tmp, mode="w", format=TAR_FORMAT))
         return self
 
     def add(self, result: SampleResult) -> None:
@@ -53,11 +53,7 @@ class MaskTarWriter:
         self._add_member(result.conf_member(), result.conf_png)
 
     def _add_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = 0
-        self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
+        self._tar.addfile(*tar_member(name, data))  # type: ignore[union-attr]
         self.members += 1
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.schema import manifest_schema
+from pipeline.tarfiles import write_tar
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (0, 128, 0), (30, 144, 255), (255, 215, 0), (148, 0, 211), (255, 140, 0)]
 
@@ -58,16 +57,6 @@ def _encode_image(image: np.ndarray, ext: str) -> bytes:
     return buf.getvalue()
 
 
-def write_tar(path: Path, members: Sequence[tuple[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-
-
 def write_output_dir(
     root: Path,
     shards: dict[str, list[FakeSample]],
@@ -85,6 +74,8 @@ def write_output_dir(
     colors = list(colors) if colors is not None else [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     out = FakeOutput(root, input_dir, shards, list(names), ignore)
     now = datetime.now(timezone.utc)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
     for shard, samples in shards.items():
         source = input_dir / f"{shard}.tar"
         out.source_shards[shard] = str(source)

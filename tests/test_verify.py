@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ from PIL import Image
 
 from pipeline.cli import main as cli_main
 from pipeline.schema import manifest_schema
+from pipeline.tarfiles import iter_members, write_tar
 from pipeline.verify import KINDS, verify_output
-from tests.output_fixture import write_tar
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,11 +28,6 @@ def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _read_tar(path: Path) -> list[tuple[str, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
@@ -49,6 +43,8 @@ def _read_rows(path: Path) -> list[dict]:
 def built(tmp_path) -> tuple[Path, Path]:
     """(OUTPUT, INPUT dir) of a small valid run: 2 shards, one error row."""
     inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "masks").mkdir(parents=True)
     rng = np.random.default_rng(0)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     for name, sizes in SHARDS.items():
@@ -149,7 +145,7 @@ def test_unexpected_row_and_shard(built):
 def test_missing_member(built):
     out, inp = built
     tar = out / "masks" / "shard-000.tar"
-    members = _read_tar(tar)
+    members = list(iter_members(tar))
     write_tar(tar, [m for m in members if m[0] != "shard-000-0001.conf.png"])
     report = verify_output(str(out), str(inp))
     assert report.counts == {"missing_member": 1}, report.summary()
@@ -159,7 +155,7 @@ def test_missing_member(built):
 def test_orphan_member(built):
     out, inp = built
     tar = out / "masks" / "shard-001.tar"
-    members = _read_tar(tar)
+    members = list(iter_members(tar))
     write_tar(tar, members + [("ghost.label.png", members[0][1]), members[0]])
     assert _kinds(out, inp) == {"orphan_member": 2}  # an unreferenced member and a repeated one
 
@@ -176,7 +172,7 @@ def test_wrong_size(built):
 def test_bad_mask_values_and_corrupt_png(built):
     out, inp = built
     tar = out / "masks" / "shard-001.tar"
-    members = _read_tar(tar)
+    members = list(iter_members(tar))
     members[0] = (members[0][0], _png(np.full((18, 18), 7, dtype=np.uint8)))  # class 7 of 3
     members[1] = (members[1][0], members[1][1][:40])  # truncated confidence PNG
     write_tar(tar, members)
@@ -248,7 +244,7 @@ def test_repeated_input_key_is_two_samples(built):
     """A key that comes back later in a tar is a second sample (the run makes it an error row)."""
     out, inp = built
     name = "shard-001"
-    members = _read_tar(inp / f"{name}.tar")
+    members = list(iter_members(inp / f"{name}.tar"))
     write_tar(inp / f"{name}.tar", members + [members[0]])
     path = out / "manifest" / f"{name}.parquet"
     rows = _read_rows(path)

@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.evaluation.outputs import DatasetInfo, decode_label_png
+from pipeline.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,11 @@ class TarGroundTruth(GroundTruth):
     def _load(self, url: str, storage_options: Optional[Mapping[str, Any]]) -> None:
         found = 0
         try:
-            with fsspec.open(url, "rb", **dict(storage_options or {})) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for member in tar:
-                    key, is_label = _gt_key(member.name)
-                    if key is None or not member.isfile():
+            with fsspec.open(url, "rb", **dict(storage_options or {})) as raw:
+                for name, data in iter_members(raw, read=lambda n: _gt_key(n)[0] is not None):
+                    key, is_label = _gt_key(name)
+                    if key is None or data is None:
                         continue
-                    data = tar.extractfile(member).read()
                     found += 1
                     if key in self._entries and not is_label:
                         continue  # KEY.label.png wins over KEY.png

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from pipeline.errors import UserError
+from pipeline.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +146,14 @@ def iter_tar_members(
         return
     try:
         with fsspec.open(url, "rb", **dict(storage_options or {})) as raw:
-            with tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for member in tar:
-                    if member.name not in remaining or not member.isfile():
-                        continue
-                    data = tar.extractfile(member).read()
-                    remaining.discard(member.name)
-                    yield wanted[member.name], member.name, data
-                    if not remaining:
-                        break
+            # The predicate runs as each member is reached, so a repeated name is read only once.
+            for name, data in iter_members(raw, read=remaining.__contains__):
+                if data is None:
+                    continue
+                remaining.discard(name)
+                yield wanted[name], name, data
+                if not remaining:
+                    break
     except (OSError, tarfile.TarError) as exc:
         raise UserError(f"cannot read tar {url}: {exc}") from exc
     if remaining:

@@ -7,7 +7,7 @@ Layout under `out_dir` (shard names are the same in both sets, samples in the sa
     vocabulary.txt                       the class list the label values index
     dataset.json                         classes, palette, split, seed, counts, written last
 
-Tar members get fixed metadata (mtime 0, mode 0644), so the same arguments give byte-identical
+Tar members get fixed metadata (pipeline.tarfiles), so the same arguments give byte-identical
 shards. The labels live apart so a labelling run reads only images and an evaluation pairs the
 pipeline's masks with `labels/` by shard name and key.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -24,6 +24,7 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image
 
+from pipeline.tarfiles import iter_members, write_tar
 from pipeline.toyworld.classes import CLASSES, NAMES, vocabulary_text
 from pipeline.toyworld.generator import SCENE_SIZE, Scene, generate_scene, split_seed
 
@@ -58,8 +59,8 @@ def write_shards(out_dir: str | Path, split: str | int, count: int, per_shard: i
         for scene in scenes:
             image_members += _image_members(scene, image_format, jpeg_quality)
             label_members.append((f"{scene.key}.{LABEL_SUFFIX}", encode_label(scene.label)))
-        images.append(_write_tar(out / "images" / shard_name, image_members))
-        labels.append(_write_tar(out / "labels" / shard_name, label_members))
+        images.append(write_tar(out / "images" / shard_name, image_members))
+        labels.append(write_tar(out / "labels" / shard_name, label_members))
     (out / "vocabulary.txt").write_text(vocabulary_text())
     meta = {
         "schema_version": 1,
@@ -95,14 +96,9 @@ def decode_label(data: bytes) -> np.ndarray:
 
 def read_tar(path: str | Path) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) for every member, in order; the key ends at the first dot of the name."""
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            key, _, ext = base.partition(".")
-            f = tar.extractfile(member)
-            yield key, ext, f.read() if f is not None else b""
+    for name, data in iter_members(path):
+        key, _, ext = posixpath.basename(name).partition(".")
+        yield key, ext, data
 
 
 def read_labels(path: str | Path) -> dict[str, np.ndarray]:
@@ -132,17 +128,6 @@ def _image_members(scene: Scene, image_format: ImageFormat, jpeg_quality: int) -
         (f"{scene.key}.txt", scene.caption.encode()),
         (f"{scene.key}.json", json.dumps(meta).encode()),
     ]
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, path)
-    return path
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

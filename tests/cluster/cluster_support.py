@@ -5,13 +5,14 @@ import io
 import logging
 import os
 import socket
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from pipeline.tarfiles import write_tar
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "golden"
@@ -84,22 +85,18 @@ def write_shards(folder: Path, n_shards: int, per_shard: int, seed: int = 0,
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in range(n_shards):
-        path = folder / f"{prefix}-{s:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(per_shard):
-                key = f"{prefix}{s:03d}_{i:04d}"
-                if (s * per_shard + i) % 7 == 6:
-                    data = b"definitely not an image"
-                else:
-                    h, w = rng.integers(48, 97, size=2)
-                    buf = io.BytesIO()
-                    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-                    data = buf.getvalue()
-                for name, blob in ((f"{key}.png", data), (f"{key}.txt", key.encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(blob)
-                    tar.addfile(info, io.BytesIO(blob))
-        paths.append(path)
+        members = []
+        for i in range(per_shard):
+            key = f"{prefix}{s:03d}_{i:04d}"
+            if (s * per_shard + i) % 7 == 6:
+                data = b"definitely not an image"
+            else:
+                h, w = rng.integers(48, 97, size=2)
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+                data = buf.getvalue()
+            members += [(f"{key}.png", data), (f"{key}.txt", key.encode())]
+        paths.append(write_tar(folder / f"{prefix}-{s:06d}.tar", members))
     return paths
 
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.lock import LOCK_NAME, LockHeldError, RunLock, read_lock
+from pipeline.tarfiles import iter_members
 from pipeline.verify import verify_output
 
 from cluster_support import REPO, TEST_OVERRIDES, subprocess_env, write_shards
@@ -113,7 +114,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _samples(read_bytes, list_names) -> dict[tuple[str, str], dict]:
     """(shard, key) -> manifest row (minus timestamps) plus decoded mask arrays."""
     import io
-    import tarfile
 
     from PIL import Image
 
@@ -121,9 +121,8 @@ def _samples(read_bytes, list_names) -> dict[tuple[str, str], dict]:
     for name in list_names("manifest"):
         shard = name[: -len(".parquet")]
         rows = pq.read_table(io.BytesIO(read_bytes(f"manifest/{name}"))).to_pylist()
-        with tarfile.open(fileobj=io.BytesIO(read_bytes(f"masks/{shard}.tar"))) as tar:
-            members = {m.name: np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())))
-                       for m in tar.getmembers()}
+        members = {name: np.asarray(Image.open(io.BytesIO(data)))
+                   for name, data in iter_members(io.BytesIO(read_bytes(f"masks/{shard}.tar")))}
         for row in rows:
             row.pop("labeled_at")
             row.pop("source_shard")

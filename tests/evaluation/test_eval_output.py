@@ -7,9 +7,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from output_fixture import FakeSample, write_output_dir, write_tar
+from output_fixture import FakeSample, write_output_dir
 from pipeline.cli import main as cli_main
 from pipeline.evaluation import evaluate_output
+from pipeline.tarfiles import write_tar
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,6 +117,7 @@ def test_tar_ground_truth_with_class_map(scene, tmp_path):
     out, _preds, gts, scored = scene
     raw_ids = {0: 10, 1: 20, 2: 30, IGN: IGN}
     gt_tars = tmp_path / "gt_tars"
+    gt_tars.mkdir()
     members = {}
     for key, gt in gts.items():
         raw = np.vectorize(raw_ids.get)(gt).astype(np.uint8)

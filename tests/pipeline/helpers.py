@@ -2,11 +2,12 @@
 workers as `tests.pipeline.helpers` (test modules themselves are not)."""
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from pipeline.tarfiles import iter_members
 
 
 def snapshot(out: Path, names: list[str]) -> dict[str, Any]:
@@ -16,9 +17,7 @@ def snapshot(out: Path, names: list[str]) -> dict[str, Any]:
         rows = pq.read_table(out / "manifest" / f"{name}.parquet").to_pylist()
         for r in rows:
             r.pop("labeled_at")
-        with tarfile.open(out / "masks" / f"{name}.tar") as tar:
-            members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-        snap[name] = {"rows": rows, "masks": members}
+        snap[name] = {"rows": rows, "masks": list(iter_members(out / "masks" / f"{name}.tar"))}
     return snap
 
 

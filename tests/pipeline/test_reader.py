@@ -2,8 +2,8 @@ import gzip
 
 import pytest
 
-from pipeline.demo_corpus import write_tar
 from pipeline.reader import ReadReport, iter_samples, split_member_name
+from pipeline.tarfiles import write_tar
 
 EXTS = ["jpg", "jpeg", "png", "webp"]
 

@@ -3,7 +3,6 @@ import io
 import json
 import logging
 import shutil
-import tarfile
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -15,6 +14,7 @@ from pipeline.evaluation.outputs import decode_label_png
 from pipeline.reader import ReadReport, iter_samples
 from pipeline.runner import run_pipeline
 from pipeline.schema import manifest_schema
+from pipeline.tarfiles import iter_members
 from tests.pipeline.conftest import NAMES, PER_SHARD, Recorder
 from tests.pipeline.helpers import assert_same_output, broken_engine, snapshot
 
@@ -36,18 +36,18 @@ def test_end_to_end_outputs(reference, corpus, tiny_cfg):
         assert list(frame["key"]) == [s.key for s in samples] and len(frame) == PER_SHARD
         assert list(frame["sample_index"]) == list(range(PER_SHARD))
         ok_keys = [k for k, st in zip(frame["key"], frame["status"]) if st == "ok"]
-        with tarfile.open(out / "masks" / f"{name}.tar") as tar:
-            members = tar.getmembers()
-            assert [m.name for m in members] == [f"{k}.{t}.png" for k in ok_keys for t in ("label", "conf")]
-            for s in samples:
-                if s.key not in ok_keys:
-                    continue
-                size = Image.open(io.BytesIO(s.data)).size
-                labels = decode_label_png(tar.extractfile(f"{s.key}.label.png").read())
-                assert (labels.shape[1], labels.shape[0]) == size
-                assert labels.max() < num_classes
-                conf = Image.open(io.BytesIO(tar.extractfile(f"{s.key}.conf.png").read()))
-                assert conf.mode == "L" and conf.size == size
+        members = list(iter_members(out / "masks" / f"{name}.tar"))
+        assert [m for m, _ in members] == [f"{k}.{t}.png" for k in ok_keys for t in ("label", "conf")]
+        blobs = dict(members)
+        for s in samples:
+            if s.key not in ok_keys:
+                continue
+            size = Image.open(io.BytesIO(s.data)).size
+            labels = decode_label_png(blobs[f"{s.key}.label.png"])
+            assert (labels.shape[1], labels.shape[0]) == size
+            assert labels.max() < num_classes
+            conf = Image.open(io.BytesIO(blobs[f"{s.key}.conf.png"]))
+            assert conf.mode == "L" and conf.size == size
         done = json.loads((out / "_done" / f"{name}.json").read_text())
         assert done["samples"] == PER_SHARD and done["ok"] == len(ok_keys) and done["status"] == "done"
     errors = pd.concat(pd.read_parquet(out / "manifest" / f"{n}.parquet") for n in NAMES).query("status == 'error'")

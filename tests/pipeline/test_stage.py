@@ -1,17 +1,16 @@
 import io
 import json
-import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.demo_corpus import write_tar
 from pipeline.evaluation.outputs import decode_label_png
 from pipeline.shards import ShardSpec
 from pipeline.stage import DONE, FAILED, UNREADABLE, ShardLabeler
 from pipeline.storage import Storage
+from pipeline.tarfiles import iter_members, write_tar
 from tests.pipeline.conftest import encode, rgb_image
 
 EXTS = "io.image_extensions=[png, jpg, tiff]"
@@ -31,8 +30,8 @@ def label(engine, cfg, tmp_path, members, name="s", mutate=None):
 
 
 def mask_members(out, name):
-    with tarfile.open(out / "masks" / f"{name}.tar") as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}, [m.name for m in tar.getmembers()]
+    members = list(iter_members(out / "masks" / f"{name}.tar"))
+    return dict(members), [m for m, _ in members]
 
 
 @pytest.mark.timeout(120)
