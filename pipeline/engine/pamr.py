@@ -86,9 +86,9 @@ def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], itera
 def propagate_sparse(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], iterations: int) -> Tensor:
     b, q, h, w = logits.shape
     pattern = _pattern(b, h, w, dilations, str(logits.device))
-    flat = weights.permute(0, 2, 3, 1).reshape(-1)  # (pixel, neighbour) order, as `_Pattern.rounds` index it
-    values = flat.new_zeros(pattern.columns.numel())
-    for src, dst in pattern.rounds:  # each round's targets are distinct: deterministic, also on a GPU
+    flat = weights.reshape(-1)  # (B, P, H, W) order, as `_Pattern` indexes it
+    values = flat.index_select(0, pattern.first)
+    for src, dst in pattern.merges:  # each merge round's targets are distinct: deterministic, also on a GPU
         values[dst] += flat[src]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -104,11 +104,13 @@ def propagate_sparse(logits: Tensor, weights: Tensor, dilations: tuple[int, ...]
 class _Pattern:
     """Canonical CSR pattern of the neighbour matrix: sorted, distinct columns in every row, as cuSPARSE
     requires. Near the borders clamping maps several neighbours to one pixel; their weights are summed
-    into one entry, in neighbour order, one `round` per duplicate rank."""
+    into one entry in neighbour order: the first neighbour's weight is gathered, later ones are added
+    in one merge round per duplicate rank. Weight indices point into the flat (B, P, H, W) tensor."""
 
     rows: Tensor  # (B*H*W + 1,) int32 row starts
     columns: Tensor  # (nnz,) int32
-    rounds: tuple[tuple[Tensor, Tensor], ...]  # (index into the flat (pixel, neighbour) weights, entry)
+    first: Tensor  # (nnz,) int64: the weight of each entry's first neighbour
+    merges: tuple[tuple[Tensor, Tensor], ...]  # (weight index, entry) of the 2nd, 3rd... duplicates
 
 
 @functools.lru_cache(maxsize=32)
@@ -125,7 +127,7 @@ def _pattern(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str
     slot = torch.arange(p).expand(n, p)
     rank = slot - (slot * first).cummax(dim=1).values  # 0 for a column's first neighbour, then 1, 2...
     nnz = int(first.sum())
-    src_one = torch.arange(n).view(n, 1) * p + order  # flat (pixel, neighbour) index of each sorted slot
+    src_one = order * n + torch.arange(n).view(n, 1)  # flat (neighbour, pixel) index of each sorted slot
     dtype = torch.int32 if batch * max(nnz, n) < 2**31 else torch.int64
     offsets = torch.arange(batch).view(batch, 1)
 
@@ -134,12 +136,13 @@ def _pattern(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str
 
     row_starts = torch.cat([torch.zeros(1, dtype=torch.long), first.sum(1).cumsum(0)])
     rows = torch.cat([tiled(row_starts[:-1], nnz), torch.tensor([batch * nnz])])
-    rounds = tuple(
+    merges = tuple(
         (tiled(src_one[rank == r], n * p).to(device), tiled(entry[rank == r], nnz).to(device))
-        for r in range(int(rank.max()) + 1)
+        for r in range(1, int(rank.max()) + 1)
     )
     return _Pattern(rows=rows.to(device=device, dtype=dtype),
-                    columns=tiled(ordered[first], n).to(device=device, dtype=dtype), rounds=rounds)
+                    columns=tiled(ordered[first], n).to(device=device, dtype=dtype),
+                    first=tiled(src_one[first], n * p).to(device), merges=merges)
 
 
 @functools.lru_cache(maxsize=None)

@@ -88,8 +88,9 @@ def test_sparse_pattern_is_canonical_csr():
         row = cols[rows[r] : rows[r + 1]]
         assert (row[1:] > row[:-1]).all()
         assert (row // (9 * 7) == r // (9 * 7)).all()  # block-diagonal: no mixing across the batch
-    hits = torch.zeros(cols.numel(), dtype=torch.long)
-    for src, dst in pat.rounds:
+    assert len(pat.first) == cols.numel()
+    used = pat.first.tolist()
+    for src, dst in pat.merges:
         assert len(set(dst.tolist())) == len(dst)
-        hits[dst] += 1
-    assert hits.sum() == 2 * 9 * 7 * 16 and (hits >= 1).all()  # every weight lands in exactly one entry
+        used += src.tolist()
+    assert sorted(used) == list(range(2 * 9 * 7 * 16))  # every weight lands in exactly one entry
