@@ -163,8 +163,10 @@ class Segmenter:
 
     def _sfr_prior(self, crops: Tensor, first_logits: Tensor) -> Tensor:
         chunk = self._sfr_chunk
-        return torch.cat([self._sfr_prior_chunk(img, lg)
-                          for img, lg in zip(crops.float().split(chunk), first_logits.split(chunk))])
+        priors = [self._sfr_prior_chunk(img, lg)
+                  for img, lg in zip(crops.float().split(chunk), first_logits.split(chunk))]
+        with torch.autocast(self.device.type, enabled=False):  # under bf16 autocast, cat rejects float16
+            return torch.cat(priors)
 
     def _sfr_prior_chunk(self, crops: Tensor, first_logits: Tensor) -> Tensor:
         sfr = self.cfg.method.sfr
