@@ -2,8 +2,8 @@
 
 All paths label the same images in one process:
 (a) `single`: the authors' execution structure (`engine.reference_path`): batch 1, crops one after
-    the other, explicit attention maps in every block, PAMR by stacked neighbour copies, SFR path
-    tables rebuilt per crop;
+    the other, explicit attention maps in every block, PAMR by stacked neighbour copies, the SFR
+    path points derived and gathered per crop;
 (a') `single_engine_kernels`: our kernels on the authors' schedule (batch 1, one crop per forward),
     which separates what the kernels gain from what batching gains;
 (b) `engine`: `Segmenter.predict` on pre-decoded images at several batch sizes;

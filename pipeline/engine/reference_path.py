@@ -3,8 +3,8 @@
 ResCLIP's reference code labels one image at a time and sends its crops through the network one
 after the other. For each crop it runs every trunk block with an explicit attention map and keeps
 all of them (RCS averages four), runs the last block for the first pass, refines that pass with
-PAMR by materialising each iteration's 16 shifted copies of the logits, builds the SFR path tables
-anew, and runs the last block again. This module follows that structure with the engine's weights
+PAMR by materialising each iteration's 16 shifted copies of the logits, derives the SFR path points
+anew and gathers the labels along them, and runs the last block again. This module follows that structure with the engine's weights
 and helpers (our own code, not the authors'), so that the benchmark's speed-ups are measured
 against it; its labels equal the engine's (tests/engine/test_reference_path.py).
 """
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pipeline.engine.attention import attention_map
 from pipeline.engine.pamr import _shifted
 from pipeline.engine.predictor import PAMR_DILATIONS, SFR_PAMR_STEPS, Segmentation, Segmenter
-from pipeline.engine.sfr import grid_geometry, patch_majority, pixel_labels, sfr_prior
+from pipeline.engine.sfr import patch_majority, path_points, pixel_labels, prior_from_matrix, same_label_matrix
 from pipeline.engine.windows import plan_crops
 
 
@@ -64,8 +64,11 @@ class ReferenceStructure:
         refined = stacked_pamr(crop.float(), first.float(), SFR_PAMR_STEPS, PAMR_DILATIONS)
         probs = torch.softmax(refined * seg.cfg.inference.logit_scale, dim=1)
         labels = patch_majority(pixel_labels(probs, sfr.temp_thd), seg.patch_size)
-        grid_geometry.cache_clear()  # the reference derives the path tables for every crop
-        return sfr_prior(labels, seg.cfg.method.gaussian_std, sfr.delete_same_entity)
+        if sfr.delete_same_entity:
+            same = gathered_path_check(labels)
+        else:
+            same = same_label_matrix(labels, delete_same_entity=False)
+        return prior_from_matrix(same, seg.cfg.method.gaussian_std)
 
 
 def _block_keeping_map(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,6 +81,17 @@ def _block_keeping_map(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     out = blk.attn.out_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, d))
     x = x + blk.ls_1(out)
     return x + blk.ls_2(blk.mlp(blk.ln_2(x))), attn
+
+
+def gathered_path_check(patch_labels: Tensor) -> Tensor:
+    """Same-label matrix with the path check as the reference does it for every crop: derive the path
+    points, gather the labels along every path, compare with the start's label. (B, gh, gw) -> (B, N, N)"""
+    b, gh, gw = patch_labels.shape
+    flat = patch_labels.reshape(b, gh * gw)
+    pts = path_points(gh, gw, str(flat.device))
+    same = (flat[:, :, None] == flat[:, None, :]).float()
+    valid = (flat[:, pts.path] == flat[:, :, None, None]).all(dim=-1)
+    return torch.where(valid, same, same * pts.decay)
 
 
 def stacked_pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int]) -> Tensor:

@@ -42,7 +42,7 @@ def test_without_path_check_is_plain_equality():
 def test_geometry_is_cached_per_grid():
     assert grid_geometry(3, 4) is grid_geometry(3, 4)
     geo = grid_geometry(3, 4)
-    assert geo.path.shape == (12, 12, 4)
+    assert geo.path_bits.shape == (12, 12, 1)
     assert float(geo.decay[0, 11]) == pytest.approx(math.exp(-3 / 3), rel=1e-6)
 
 
@@ -69,3 +69,23 @@ def test_patch_majority_and_threshold_fallback():
     assert labels[0, :, :2].unique().tolist() == [2] and labels[0, :, 2:].unique().tolist() == [0]
     majority = patch_majority(labels, patch=2)
     assert majority.tolist() == [[[2, 0], [2, 0]]]
+
+
+@pytest.mark.parametrize("grid", [(5, 7), (9, 13)])  # 9 x 13 = 117 patches: two bit words
+def test_bit_set_path_check_equals_gathered_points(grid):
+    from pipeline.engine.reference_path import gathered_path_check
+
+    g = torch.Generator().manual_seed(sum(grid))
+    labels = torch.randint(0, 3, (2, *grid), generator=g)
+    torch.testing.assert_close(same_label_matrix(labels, delete_same_entity=True), gathered_path_check(labels))
+
+
+def test_pack_bits_sets_one_bit_per_true_entry():
+    from pipeline.engine.sfr import pack_bits
+
+    mask = torch.zeros(2, 130, dtype=torch.bool)
+    mask[0, [0, 63, 64, 129]] = True
+    words = pack_bits(mask)
+    assert words.shape == (2, 3)
+    assert words[0].tolist() == [1 | (1 << 63) - (1 << 64), 1, 2]  # bit 63 is the sign bit of int64
+    assert words[1].tolist() == [0, 0, 0]
