@@ -63,15 +63,17 @@ class DenseViT(nn.Module):
         return _interpolate_positions(pos, gh, gw)
 
     def trunk(self, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """Blocks 0..L-2 as open_clip runs them; returns tokens (B, T, D) and the RCS attention (B, h, T, T)."""
+        """Blocks 0..L-2, vanilla; returns tokens (B, T, D) and the RCS attention (B, h, T, T).
+        Blocks outside RCS are open_clip's own modules (fused attention); RCS blocks are computed
+        from their weights with the attention map made explicit, as the reference computes them."""
         x = self.embed(images)
         rcs_sum = None
         for i, blk in enumerate(self.blocks[:-1]):
             if i in self.rcs_layers:
-                q, k, _ = self._qkv(blk, x)
-                attn = attention_map(q, k)
+                x, attn = block_with_attention(blk, x)
                 rcs_sum = attn if rcs_sum is None else rcs_sum + attn
-            x = blk(x)
+            else:
+                x = blk(x)
         rcs = rcs_sum / len(self.rcs_layers) if rcs_sum is not None else None
         return x, rcs
 
@@ -96,14 +98,30 @@ class DenseViT(nn.Module):
         return self.visual.ln_post(x) @ self.visual.proj
 
     def _qkv(self, blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, t, d = x.shape
-        h = blk.attn.num_heads
-        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
-        qkv = qkv.reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, B, h, T, hd)
-        return qkv[0], qkv[1], qkv[2]
+        return _qkv(blk, x)
 
     def _window(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
         return _cached_window(grid[0], grid[1], self.gaussian_std, str(device)).to(dtype)
+
+
+def _qkv(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    b, t, d = x.shape
+    h = blk.attn.num_heads
+    qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+    qkv = qkv.reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, B, h, T, hd)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def block_with_attention(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One vanilla residual block with its attention probabilities made explicit: (B, T, D) -> x, (B, h, T, T).
+    Equal to the block's own forward up to float rounding; computing the map alongside would run
+    the block's projections and attention twice."""
+    b, t, d = x.shape
+    q, k, v = _qkv(blk, x)
+    attn = attention_map(q, k)
+    out = blk.attn.out_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, d))
+    x = x + blk.ls_1(out)
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x))), attn
 
 
 @functools.lru_cache(maxsize=32)

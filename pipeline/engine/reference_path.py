@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.engine.attention import attention_map
+from pipeline.engine.dense_vit import block_with_attention
 from pipeline.engine.pamr import _shifted
 from pipeline.engine.predictor import PAMR_DILATIONS, SFR_PAMR_STEPS, Segmentation, Segmenter
 from pipeline.engine.sfr import patch_majority, path_points, pixel_labels, prior_from_matrix, same_label_matrix
@@ -50,7 +50,7 @@ class ReferenceStructure:
             x = model.embed(crop)
             maps = []
             for blk in model.blocks[:-1]:
-                x, attn = _block_keeping_map(blk, x)
+                x, attn = block_with_attention(blk, x)
                 maps.append(attn)
             rcs = torch.stack([maps[i] for i in model.rcs_layers]).mean(0) if model.rcs_layers else None
             prior = None
@@ -69,18 +69,6 @@ class ReferenceStructure:
         else:
             same = same_label_matrix(labels, delete_same_entity=False)
         return prior_from_matrix(same, seg.cfg.method.gaussian_std)
-
-
-def _block_keeping_map(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One vanilla residual block with its attention probabilities made explicit: (B, T, D) -> x, (B, h, T, T)."""
-    b, t, d = x.shape
-    heads = blk.attn.num_heads
-    qkv = nn.functional.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
-    q, k, v = qkv.reshape(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    attn = attention_map(q, k)
-    out = blk.attn.out_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, d))
-    x = x + blk.ls_1(out)
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x))), attn
 
 
 def gathered_path_check(patch_labels: Tensor) -> Tensor:

@@ -22,11 +22,22 @@ def _reference_trunk(visual, images):
 def test_untouched_blocks_equal_open_clip_exactly():
     clip = _clip()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=False)))
+    with torch.no_grad():
+        ours, rcs = dense.trunk(images)
+        theirs = _reference_trunk(clip.model.visual, images)
+    assert torch.equal(ours, theirs)  # bit for bit: open_clip's own modules
+    assert rcs is None
+
+
+def test_rcs_blocks_with_explicit_attention_equal_open_clip():
+    clip = _clip()
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=True)))
     with torch.no_grad():
         ours, rcs = dense.trunk(images)
         theirs = _reference_trunk(clip.model.visual, images)
-    assert torch.equal(ours, theirs)  # bit for bit: the RCS maps are read on the side
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)  # explicit vs fused attention: rounding only
     assert rcs.shape == (2, dense.num_heads, 197, 197)
     torch.testing.assert_close(rcs.sum(-1), torch.ones(2, dense.num_heads, 197))
 
