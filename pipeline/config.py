@@ -96,7 +96,7 @@ class InferenceConfig:
 class IOConfig:
     image_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default limit)
-    decode_threads: int = 4  # decoding/encoding threads per actor
+    decode_threads: int = 0  # decoding/encoding threads per actor; 0 = auto: cores per GPU, or 2 on CPU
     prefetch_batches: int = 2  # decoded batches queued ahead of inference
     png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)

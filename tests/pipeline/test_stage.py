@@ -135,3 +135,20 @@ def test_done_record_matches_its_schema_doc(tmp_path):
 
     record = done_record(ShardResult("s", "/in/s.tar", DONE, class_pixels=[1, 2]), "abc")
     assert sorted(record) == sorted(f["name"] for f in schema_spec("done", 1)["fields"])
+
+
+def test_decode_threads_auto_follows_cores_per_gpu(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.stage import decode_threads
+
+    assert decode_threads(load_config(overrides=["io.decode_threads=3"]), None) == 3
+    auto = load_config()
+    assert decode_threads(auto, SimpleNamespace(type="cpu")) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert decode_threads(auto, SimpleNamespace(type="cuda")) == 16
