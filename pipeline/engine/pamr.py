@@ -109,7 +109,7 @@ class _Pattern:
 
     rows: Tensor  # (B*H*W + 1,) int32 row starts
     columns: Tensor  # (nnz,) int32
-    first: Tensor  # (nnz,) int64: the weight of each entry's first neighbour
+    first: Tensor  # (nnz,): the weight of each entry's first neighbour
     merges: tuple[tuple[Tensor, Tensor], ...]  # (weight index, entry) of the 2nd, 3rd... duplicates
 
 
@@ -128,7 +128,6 @@ def _pattern(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str
     rank = slot - (slot * first).cummax(dim=1).values  # 0 for a column's first neighbour, then 1, 2...
     nnz = int(first.sum())
     src_one = order * n + torch.arange(n).view(n, 1)  # flat (neighbour, pixel) index of each sorted slot
-    dtype = torch.int32 if batch * max(nnz, n) < 2**31 else torch.int64
     offsets = torch.arange(batch).view(batch, 1)
 
     def tiled(x: Tensor, step: int) -> Tensor:
@@ -136,13 +135,16 @@ def _pattern(batch: int, h: int, w: int, dilations: tuple[int, ...], device: str
 
     row_starts = torch.cat([torch.zeros(1, dtype=torch.long), first.sum(1).cumsum(0)])
     rows = torch.cat([tiled(row_starts[:-1], nnz), torch.tensor([batch * nnz])])
-    merges = tuple(
-        (tiled(src_one[rank == r], n * p).to(device), tiled(entry[rank == r], nnz).to(device))
-        for r in range(1, int(rank.max()) + 1)
-    )
-    return _Pattern(rows=rows.to(device=device, dtype=dtype),
-                    columns=tiled(ordered[first], n).to(device=device, dtype=dtype),
-                    first=tiled(src_one[first], n * p).to(device), merges=merges)
+    # int32 wherever it fits: a GPU batch of 64 crops has 51M entries, and this pattern stays cached.
+    dtype = torch.int32 if batch * n * p < 2**31 else torch.int64
+
+    def put(x: Tensor) -> Tensor:
+        return x.to(device=device, dtype=dtype)
+
+    merges = tuple((put(tiled(src_one[rank == r], n * p)), put(tiled(entry[rank == r], nnz)))
+                   for r in range(1, int(rank.max()) + 1))
+    return _Pattern(rows=put(rows), columns=put(tiled(ordered[first], n)),
+                    first=put(tiled(src_one[first], n * p)), merges=merges)
 
 
 @functools.lru_cache(maxsize=None)
