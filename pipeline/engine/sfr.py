@@ -62,7 +62,7 @@ def path_points(gh: int, gw: int, device: str = "cpu") -> PathPoints:
 class GridGeometry:
     """Path-check tables for a (gh, gw) patch grid, built once per grid size."""
 
-    path_bits: Tensor  # (N, N, W) int64: bit p of word p // 64 set when patch p lies on the checked path
+    path_bits: Tensor  # (W, N, N) int64: bit p % 64 of word p // 64 set when patch p lies on the checked path
     decay: Tensor  # (N, N) float32: exp(-steps / M)
 
 
@@ -72,13 +72,12 @@ def grid_geometry(gh: int, gw: int, device: str = "cpu") -> GridGeometry:
     (5x faster for a whole 336x448 image, whose 588 patches have paths of up to 28 points)."""
     pts = path_points(gh, gw, device)
     n, words = gh * gw, (gh * gw + 63) // 64
-    bits = torch.zeros(n, n, words, dtype=torch.int64, device=device)
+    bits = torch.zeros(words, n, n, dtype=torch.int64, device=device)  # word-major: each word contiguous
     one = torch.ones((), dtype=torch.int64, device=device)
     for w in range(words):
-        word = bits[:, :, w]
         for k in range(pts.path.shape[-1]):  # OR, not add: a point may repeat along a path
             p = pts.path[:, :, k]
-            word |= torch.where(p // 64 == w, one << (p % 64), 0)
+            bits[w] |= torch.where(p // 64 == w, one << (p % 64), 0)
     return GridGeometry(path_bits=bits, decay=pts.decay)
 
 
@@ -100,9 +99,10 @@ def same_label_matrix(patch_labels: Tensor, delete_same_entity: bool) -> Tensor:
         return same.float()
     geo = grid_geometry(gh, gw, str(flat.device))
     other = ~pack_bits(same)  # (B, N, W): patches whose label differs from each start's
-    valid = torch.ones_like(same)
+    hits = torch.zeros(same.shape, dtype=torch.int64, device=same.device)
     for w in range(other.shape[-1]):  # word by word: the (B, N, N) temporaries stay in cache
-        valid &= (geo.path_bits[None, :, :, w] & other[:, :, None, w]) == 0
+        hits |= geo.path_bits[w] & other[:, :, w, None]
+    valid = hits == 0  # no checked point of the path has another label
     same = same.float()
     return torch.where(valid, same, same * geo.decay)
 

@@ -42,7 +42,7 @@ def test_without_path_check_is_plain_equality():
 def test_geometry_is_cached_per_grid():
     assert grid_geometry(3, 4) is grid_geometry(3, 4)
     geo = grid_geometry(3, 4)
-    assert geo.path_bits.shape == (12, 12, 1)
+    assert geo.path_bits.shape == (1, 12, 12)
     assert float(geo.decay[0, 11]) == pytest.approx(math.exp(-3 / 3), rel=1e-6)
 
 
