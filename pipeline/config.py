@@ -81,8 +81,7 @@ class InferenceConfig:
     logit_scale: float = 40.0
     prob_thd: float = 0.0  # pixels whose best class probability is below this become class 0
     pamr_steps: int = 0  # PAMR refinement of the final logits; 0 = off
-    # Upper bound on crops sent through the ViT at once; 0 = auto: 12 on CPU (activations stay in
-    # cache: a batch of 8 images is 15% faster than with 48 crops at once), 64 on GPU.
+    # Upper bound on crops sent through the ViT at once; 0 = auto: 12 on CPU, 64 on GPU.
     max_crops_per_forward: int = 0
     # PAMR propagation: `sparse` (one CSR product per iteration; fastest on CPU), `shifted` (one pass
     # per neighbour; what `compile` fuses); auto = sparse, or shifted with `compile`.
