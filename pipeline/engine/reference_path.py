@@ -4,9 +4,10 @@ ResCLIP's reference code labels one image at a time and sends its crops through 
 after the other. For each crop it runs every trunk block with an explicit attention map and keeps
 all of them (RCS averages four), runs the last block for the first pass, refines that pass with
 PAMR by materialising each iteration's 16 shifted copies of the logits, derives the SFR path points
-anew and gathers the labels along them, and runs the last block again. This module follows that structure with the engine's weights
-and helpers (our own code, not the authors'), so that the benchmark's speed-ups are measured
-against it; its labels equal the engine's (tests/engine/test_reference_path.py).
+anew and gathers the labels along them, and runs the last block again. This module follows that
+structure with the engine's weights and helpers (our own code, not the authors'), so that the
+benchmark's speed-ups are measured against it; its labels equal the golden ones and the engine's
+(tests/engine/test_reference_path.py).
 """
 from __future__ import annotations
 

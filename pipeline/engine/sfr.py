@@ -69,7 +69,7 @@ class GridGeometry:
 @functools.lru_cache(maxsize=16)
 def grid_geometry(gh: int, gw: int, device: str = "cpu") -> GridGeometry:
     """The path points as bit sets: checking a pair is then a few word ANDs instead of M + 1 gathers
-    (5x faster for a whole 336x448 image, whose 588 patches have paths of up to 28 points)."""
+    (6x faster for a 224 crop; 10x for a whole 336x448 image, whose paths have up to 28 points)."""
     pts = path_points(gh, gw, device)
     n, words = gh * gw, (gh * gw + 63) // 64
     bits = torch.zeros(words, n, n, dtype=torch.int64, device=device)  # word-major: each word contiguous
