@@ -84,7 +84,8 @@ class InferenceConfig:
     # Upper bound on crops sent through the ViT at once; 0 = auto: 12 on CPU, 64 on GPU.
     max_crops_per_forward: int = 0
     # PAMR propagation: `sparse` (one CSR product per iteration; fastest on CPU), `shifted` (one pass
-    # per neighbour; what `compile` fuses); auto = sparse, or shifted with `compile`.
+    # per neighbour; what `compile` fuses); auto = sparse for shapes seen before (building the
+    # pattern costs about one shifted run), shifted with `compile`.
     pamr_kernel: PamrKernelChoice = "auto"
     # torch.compile the shifted PAMR propagation, after a one-off compile per crop shape (~1 min on
     # 2 cores). With pamr_kernel auto, compile picks the shifted kernel.

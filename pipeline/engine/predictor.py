@@ -193,7 +193,7 @@ class Segmenter:
         except (RuntimeError, NotImplementedError) as exc:
             # A device whose sparse library lacks the CSR product: keep labeling with the slower kernel
             # when the user left the choice to us; an explicit `sparse` fails loudly.
-            if self.pamr_kernel != "sparse" or self.cfg.inference.pamr_kernel != "auto":
+            if self.pamr_kernel != "auto":
                 raise
             log.warning("sparse PAMR failed on %s (%s); using the shifted kernel", self.device, exc)
             self.pamr_kernel = "shifted"
@@ -243,8 +243,9 @@ def _resized(height: int, width: int, short_side: int) -> tuple[int, int]:
 def _pamr_kernel(inf: InferenceConfig, device: torch.device) -> str:
     if inf.pamr_kernel == "auto":
         # Sparse reads the logits once per iteration instead of once per neighbour (16x less memory
-        # traffic, which bounds PAMR on a GPU too); compilation is for the shifted kernel.
-        return "shifted" if inf.compile else "sparse"
+        # traffic, which bounds PAMR on a GPU too) once its pattern is built (`pamr._resolve`);
+        # compilation is for the shifted kernel.
+        return "shifted" if inf.compile else "auto"
     if inf.compile and inf.pamr_kernel == "sparse":
         raise UserError("inference.compile fuses the shifted PAMR kernel: use pamr_kernel=shifted or auto")
     return inf.pamr_kernel

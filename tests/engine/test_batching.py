@@ -57,7 +57,7 @@ def test_cpu_bfloat16_agrees_with_float32(images):
 
 
 def test_pamr_kernel_choice():
-    assert Segmenter.from_config(golden_config()).pamr_kernel == "sparse"  # auto on CPU
+    assert Segmenter.from_config(golden_config()).pamr_kernel == "auto"
     assert Segmenter.from_config(golden_config(["inference.compile=true"])).pamr_kernel == "shifted"
     with pytest.raises(UserError, match="pamr_kernel"):
         Segmenter.from_config(golden_config(["inference.compile=true", "inference.pamr_kernel=sparse"]))

@@ -79,7 +79,7 @@ def test_sparse_pattern_is_canonical_csr():
     """cuSPARSE needs sorted, distinct columns per row; clamped borders produce duplicates to merge."""
     from pipeline.engine.pamr import _pattern
 
-    pat = _pattern(2, 9, 7, (2, 5), "cpu")
+    pat = _pattern(9, 7, (2, 5), "cpu").tiled(2)
     rows, cols = pat.rows.long(), pat.columns.long()
     assert rows[0] == 0 and rows[-1] == cols.numel() and len(rows) == 2 * 9 * 7 + 1
     lengths = rows[1:] - rows[:-1]
@@ -94,3 +94,12 @@ def test_sparse_pattern_is_canonical_csr():
         assert len(set(dst.tolist())) == len(dst)
         used += src.tolist()
     assert sorted(used) == list(range(2 * 9 * 7 * 16))  # every weight lands in exactly one entry
+
+
+def test_auto_kernel_builds_the_sparse_pattern_only_for_repeated_shapes():
+    from pipeline.engine.pamr import _resolve
+
+    size, dil, cpu = (37, 41), (1, 2), torch.device("cpu")
+    assert _resolve("auto", size, dil, cpu) == "shifted"  # first sight: a one-off size never pays the build
+    assert _resolve("auto", size, dil, cpu) == "sparse"
+    assert _resolve("shifted", size, dil, cpu) == "shifted" and _resolve("sparse", (5, 5), dil, cpu) == "sparse"
