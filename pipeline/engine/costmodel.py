@@ -30,15 +30,15 @@ def crop_flops(d: VitDims, h: int, w: int, queries: int, cfg: Config) -> dict[st
     t = n + 1
     D = d.width
     block = 2 * t * (3 * D * D + D * D + 8 * D * D) + 2 * 2 * t * t * D  # qkv, out, MLP; scores and A.V
+    # RCS blocks expose their attention maps without extra matrix work (dense_vit.block_with_attention).
     trunk = 2 * n * 3 * d.patch**2 * D + (d.layers - 1) * block
-    rcs = len(cfg.method.rcs.layers) * (2 * t * 2 * D * D + 2 * t * t * D) if cfg.method.rcs.enabled else 0
     base = cfg.method.base
     scores = 2 * (2 if base == "sclip" else 1) * t * t * D
     residual = base in ("vanilla", "sclip")
     head = 2 * t * 4 * D * D + scores + 2 * t * t * D + (2 * t * 8 * D * D if residual else 0)
     head += 2 * t * D * d.embed + 2 * n * d.embed * queries  # ln_post proj, cosine logits
     passes = 2 if cfg.method.sfr.enabled else 1
-    return {"trunk": float(trunk), "rcs_maps": float(rcs), "last_block": float(passes * head)}
+    return {"trunk": float(trunk), "last_block": float(passes * head)}
 
 
 def image_flops(d: VitDims, height: int, width: int, queries: int, cfg: Config) -> float:
