@@ -19,14 +19,14 @@ def _reference_trunk(visual, images):
     return x
 
 
-def test_untouched_blocks_equal_open_clip_exactly():
+def test_trunk_without_rcs_equals_open_clip():
     clip = _clip()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=False)))
     with torch.no_grad():
         ours, rcs = dense.trunk(images)
         theirs = _reference_trunk(clip.model.visual, images)
-    assert torch.equal(ours, theirs)  # bit for bit: open_clip's own modules
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)  # our fused blocks vs open_clip's forward
     assert rcs is None
 
 
