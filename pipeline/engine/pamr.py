@@ -7,11 +7,12 @@ colour channels and softmax-normalised over the neighbours. Borders are replicat
 
 The weights depend on the image only, so the refinement is a fixed linear map applied `iterations`
 times. Two kernels compute it, with the same numbers:
-- `sparse` (`auto` once a shape repeats): the neighbour weights as one CSR matrix (pixels x pixels, block-diagonal over the
+- `sparse`: the neighbour weights as one CSR matrix (pixels x pixels, block-diagonal over the
   batch) times channels-last logits. One pass over the logits per iteration instead of one per
   neighbour: 2.5x faster than `shifted` on CPU, where PAMR is most of the engine's time.
 - `shifted`: neighbour by neighbour over shifted views, 16 element-wise passes per iteration;
   `compiled` fuses them with torch.compile.
+`auto` picks `sparse` for shapes seen before (see `_resolve`).
 """
 from __future__ import annotations
 
