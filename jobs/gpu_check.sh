@@ -3,6 +3,9 @@
 # throughput benchmark of ViT-B/16 at the paper's settings, sliding windows and whole images.
 # Results land in ${OUT:-gpu-check}/: pytest log and one JSON per benchmark.
 #   OUT=/tmp/gpu bash jobs/gpu_check.sh
+# Needs torch with CUDA, open_clip_torch, ftfy, wcwidth, braceexpand, pyyaml, pyarrow, fsspec, pillow
+# and pytest; the workplace's H200 image lacks only open_clip_torch, ftfy, wcwidth and braceexpand
+# (carry them as wheels and put them on PYTHONPATH first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-check}"
