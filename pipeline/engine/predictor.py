@@ -182,7 +182,7 @@ class Segmenter:
             refined = self._pamr(crops, first_logits, SFR_PAMR_STEPS)
         with self.timer.section("sfr_prior"):
             probs = torch.softmax(refined * self.cfg.inference.logit_scale, dim=1)
-            labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size)  # query labels
+            labels = patch_majority(pixel_labels(probs, sfr.temp_thd), self.patch_size, len(self.text))  # queries
             return sfr_prior(labels, self.cfg.method.gaussian_std, sfr.delete_same_entity)
 
     def _pamr(self, image: Tensor, logits: Tensor, iterations: int) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor
 from pipeline.engine.dense_vit import block_with_attention
 from pipeline.engine.pamr import _shifted
 from pipeline.engine.predictor import PAMR_DILATIONS, SFR_PAMR_STEPS, Segmentation, Segmenter
-from pipeline.engine.sfr import patch_majority, path_points, pixel_labels, prior_from_matrix, same_label_matrix
+from pipeline.engine.sfr import path_points, pixel_labels, prior_from_matrix, same_label_matrix
 from pipeline.engine.windows import plan_crops
 
 
@@ -64,12 +64,20 @@ class ReferenceStructure:
         seg, sfr = self.seg, self.seg.cfg.method.sfr
         refined = stacked_pamr(crop.float(), first.float(), SFR_PAMR_STEPS, PAMR_DILATIONS)
         probs = torch.softmax(refined * seg.cfg.inference.logit_scale, dim=1)
-        labels = patch_majority(pixel_labels(probs, sfr.temp_thd), seg.patch_size)
+        labels = mode_majority(pixel_labels(probs, sfr.temp_thd), seg.patch_size)
         if sfr.delete_same_entity:
             same = gathered_path_check(labels)
         else:
             same = same_label_matrix(labels, delete_same_entity=False)
         return prior_from_matrix(same, seg.cfg.method.gaussian_std)
+
+
+def mode_majority(labels: Tensor, patch: int) -> Tensor:
+    """Per-patch majority label with torch.mode, as the reference computes it. (B, H, W) -> (B, gh, gw)"""
+    b, h, w = labels.shape
+    gh, gw = h // patch, w // patch
+    cells = labels[:, : gh * patch, : gw * patch].reshape(b, gh, patch, gw, patch)
+    return torch.mode(cells.permute(0, 1, 3, 2, 4).reshape(b, gh, gw, patch * patch), dim=-1).values
 
 
 def gathered_path_check(patch_labels: Tensor) -> Tensor:

@@ -67,8 +67,20 @@ def test_patch_majority_and_threshold_fallback():
     probs[0, 1, :, 2:] = 0.2  # right half: query 1 but below the threshold -> query 0
     labels = pixel_labels(probs, temp_thd=0.25)
     assert labels[0, :, :2].unique().tolist() == [2] and labels[0, :, 2:].unique().tolist() == [0]
-    majority = patch_majority(labels, patch=2)
+    majority = patch_majority(labels, patch=2, num_labels=3)
     assert majority.tolist() == [[[2, 0], [2, 0]]]
+
+
+def test_patch_majority_breaks_ties_like_torch_mode():
+    from pipeline.engine.reference_path import mode_majority
+
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 4, (3, 18, 22), generator=g)  # 2x2 patches of 4 labels: many ties
+    counted = patch_majority(labels, patch=2, num_labels=4)
+    assert counted.shape == (3, 9, 11)  # the partial last column is dropped
+    assert torch.equal(counted, mode_majority(labels, patch=2))
+    ties = labels[:, :2, :2].reshape(3, 4)
+    assert torch.equal(counted[:, 0, 0], torch.mode(ties, dim=-1).values)
 
 
 @pytest.mark.parametrize("grid", [(5, 7), (9, 13)])  # 9 x 13 = 117 patches: two bit words
