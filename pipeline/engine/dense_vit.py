@@ -81,7 +81,7 @@ class DenseViT(nn.Module):
     def head(self, x: Tensor, grid: tuple[int, int], rcs: Optional[Tensor], sfr: Optional[Tensor]) -> Tensor:
         """The replaced last block, ln_post and proj on every token: (B, T, D) -> (B, T, E)."""
         blk = self.blocks[-1]
-        q, k, v = self._qkv(blk, x)
+        q, k, v = _qkv(blk, x)
         plugins = Plugins(
             sfr_prior=sfr, sfr_mix=self.sfr_mix if sfr is not None else None,
             rcs_attn=rcs, rcs_mix=self.rcs_mix if rcs is not None else None,
@@ -97,9 +97,6 @@ class DenseViT(nn.Module):
         else:
             x = out
         return self.visual.ln_post(x) @ self.visual.proj
-
-    def _qkv(self, blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _qkv(blk, x)
 
     def _window(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
         return _cached_window(grid[0], grid[1], self.gaussian_std, str(device)).to(dtype)

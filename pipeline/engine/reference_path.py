@@ -20,7 +20,7 @@ from torch import Tensor
 from pipeline.engine.dense_vit import block_with_attention
 from pipeline.engine.pamr import _shifted
 from pipeline.engine.predictor import PAMR_DILATIONS, SFR_PAMR_STEPS, Segmentation, Segmenter
-from pipeline.engine.sfr import path_points, pixel_labels, prior_from_matrix, same_label_matrix
+from pipeline.engine.sfr import patch_cells, path_points, pixel_labels, prior_from_matrix, same_label_matrix
 from pipeline.engine.windows import plan_crops
 
 
@@ -74,10 +74,7 @@ class ReferenceStructure:
 
 def mode_majority(labels: Tensor, patch: int) -> Tensor:
     """Per-patch majority label with torch.mode, as the reference computes it. (B, H, W) -> (B, gh, gw)"""
-    b, h, w = labels.shape
-    gh, gw = h // patch, w // patch
-    cells = labels[:, : gh * patch, : gw * patch].reshape(b, gh, patch, gw, patch)
-    return torch.mode(cells.permute(0, 1, 3, 2, 4).reshape(b, gh, gw, patch * patch), dim=-1).values
+    return torch.mode(patch_cells(labels, patch), dim=-1).values
 
 
 def gathered_path_check(patch_labels: Tensor) -> Tensor:

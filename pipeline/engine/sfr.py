@@ -26,13 +26,20 @@ def patch_majority(labels: Tensor, patch: int, num_labels: int) -> Tensor:
     """Most frequent label in each patch, the smallest on ties (as torch.mode breaks them, which the
     reference uses); partial patches dropped. (B, H, W) labels in [0, num_labels) -> (B, gh, gw).
     Counted with one scatter-add: torch.mode sorts every patch, and on a GPU runs slice by slice."""
-    b, h, w = labels.shape
-    gh, gw = h // patch, w // patch
-    cells = labels[:, : gh * patch, : gw * patch].reshape(b, gh, patch, gw, patch)
-    cells = cells.permute(0, 1, 3, 2, 4).reshape(b, gh * gw, patch * patch)
+    cells = patch_cells(labels, patch)
+    b, gh, gw, size = cells.shape
+    cells = cells.reshape(b, gh * gw, size)
     counts = torch.zeros(b, gh * gw, num_labels, dtype=torch.int32, device=labels.device)
     counts.scatter_add_(2, cells, torch.ones_like(cells, dtype=torch.int32))
     return counts.argmax(dim=-1).reshape(b, gh, gw)  # argmax returns the first (smallest) of tied maxima
+
+
+def patch_cells(labels: Tensor, patch: int) -> Tensor:
+    """The labels of each full patch side by side: (B, H, W) -> (B, gh, gw, patch * patch)."""
+    b, h, w = labels.shape
+    gh, gw = h // patch, w // patch
+    cells = labels[:, : gh * patch, : gw * patch].reshape(b, gh, patch, gw, patch)
+    return cells.permute(0, 1, 3, 2, 4).reshape(b, gh, gw, patch * patch)
 
 
 @dataclass(frozen=True)

@@ -19,24 +19,24 @@ def _reference_trunk(visual, images):
     return x
 
 
-def test_trunk_without_rcs_equals_open_clip():
+def _trunk_against_open_clip(rcs_enabled: bool):
     clip = _clip()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=False)))
+    dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=rcs_enabled)))
     with torch.no_grad():
         ours, rcs = dense.trunk(images)
         theirs = _reference_trunk(clip.model.visual, images)
+    return dense, ours, theirs, rcs
+
+
+def test_trunk_without_rcs_equals_open_clip():
+    _, ours, theirs, rcs = _trunk_against_open_clip(rcs_enabled=False)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)  # our fused blocks vs open_clip's forward
     assert rcs is None
 
 
 def test_rcs_blocks_with_explicit_attention_equal_open_clip():
-    clip = _clip()
-    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    dense = DenseViT(clip.model.visual, MethodConfig(rcs=RCSConfig(enabled=True)))
-    with torch.no_grad():
-        ours, rcs = dense.trunk(images)
-        theirs = _reference_trunk(clip.model.visual, images)
+    dense, ours, theirs, rcs = _trunk_against_open_clip(rcs_enabled=True)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)  # explicit vs fused attention: rounding only
     assert rcs.shape == (2, dense.num_heads, 197, 197)
     torch.testing.assert_close(rcs.sum(-1), torch.ones(2, dense.num_heads, 197))
