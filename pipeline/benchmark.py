@@ -32,10 +32,10 @@ from pipeline.engine import Segmenter
 from pipeline.engine.costmodel import PEAK_TFLOPS, dims_of, image_flops
 from pipeline.engine.reference_path import ReferenceStructure
 from pipeline.demo_corpus import scene
-from pipeline.tarfiles import write_tar
-from pipeline.shards import ShardSpec
-from pipeline.stage import ShardLabeler
-from pipeline.storage import Storage
+from pipeline.io.tarfiles import write_tar
+from pipeline.io.shards import ShardSpec
+from pipeline.run.stage import ShardLabeler
+from pipeline.io.storage import Storage
 
 log = logging.getLogger(__name__)
 

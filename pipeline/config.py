@@ -17,8 +17,9 @@ from typing import Any, Literal, Optional, get_args, get_origin
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.resources import conf_dir
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 
 BaseMethod = Literal["vanilla", "sclip", "clearclip", "naclip"]
@@ -154,7 +155,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Default config, then the file at `path` (if any), then `KEY=VALUE` overrides (YAML values)."""
     data = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
-        _merge(data, _read_yaml(Path(path)), "")
+        _merge(data, _read_yaml(resolve_config_path(path)), "")
     for item in overrides or []:
         key, value = parse_override(item)
         _merge(data, _nest(key, value), "")
@@ -230,6 +231,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file as given, else a preset name shipped in `conf/presets/` (`ade20k`, `voc21.yaml`)."""
+    p = Path(path)
+    if p.exists() or p.parent != Path("."):
+        return p
+    for candidate in (CONF_DIR / "presets" / p, CONF_DIR / "presets" / f"{p}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return p
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

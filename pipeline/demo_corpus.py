@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.tarfiles import write_tar
+from pipeline.io.tarfiles import write_tar
 
 
 def build_demo_corpus(out_dir: str | Path, shards: int = 3, per_shard: int = 8, seed: int = 0,

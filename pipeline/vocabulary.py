@@ -15,8 +15,9 @@ import yaml
 
 from pipeline.config import VocabularyConfig
 from pipeline.errors import UserError
+from pipeline.resources import conf_dir
 
-CONF_VOCAB_DIR = Path(__file__).resolve().parent.parent / "conf" / "vocabularies"
+CONF_VOCAB_DIR = conf_dir() / "vocabularies"
 
 
 @dataclass(frozen=True)

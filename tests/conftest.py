@@ -1,9 +1,16 @@
-"""Shared test fixtures: the tiny golden CLIP model and a config that runs it fast on CPU."""
+"""Shared test fixtures: the tiny golden CLIP model, a config that runs it fast on CPU, one local Ray,
+the tiny engine in-process and a small demo corpus with a reference run over it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.demo_corpus import build_demo_corpus
+from pipeline.run.runner import run_pipeline
+from tests.support import PER_SHARD, REPO, Recorder
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 TINY_MODEL = GOLDEN / "tiny_clip_openai.pt"
@@ -44,3 +51,48 @@ def _shutdown_ray_at_end():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_overrides: list[str]) -> Callable[..., Config]:
+    """Config factory: the tiny model plus extra overrides; batches of 4 so shards span batches."""
+    def make(*extra: str) -> Config:
+        return load_config(overrides=[*tiny_overrides, "batch_size=4", "io.decode_threads=2", *extra])
+    return make
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_cfg):
+    from pipeline.engine import Segmenter
+
+    return Segmenter.from_config(tiny_cfg())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the tests that need one (starting one costs ~10 s on 2 cores); stopped at
+    the end of the session (tests/conftest.py). Should another fixture stop it in between, a run
+    starts its own local Ray, slower but the same."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    return ray
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """3 demo shards of 7 images (64x48); 2 samples are corrupt on purpose."""
+    root = tmp_path_factory.mktemp("corpus")
+    build_demo_corpus(root / "in", shards=3, per_shard=PER_SHARD, seed=1, size=(64, 48))
+    return root / "in"
+
+
+@pytest.fixture(scope="session")
+def reference(ray_local, corpus, tiny_cfg, tmp_path_factory):
+    """An uninterrupted run over `corpus` with 2 CPU actors: (OUTPUT, RunSummary, Recorder)."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    recorder = Recorder()
+    summary = run_pipeline(str(corpus), str(out), tiny_cfg("ray.cpu_actors=2"), progress=recorder)
+    return out, summary, recorder

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.schema import manifest_schema
-from pipeline.tarfiles import write_tar
+from pipeline.io.schema import manifest_schema
+from pipeline.io.tarfiles import write_tar
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (0, 128, 0), (30, 144, 255), (255, 215, 0), (148, 0, 211), (255, 140, 0)]
 

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Optional
 
 from pipeline.cli import add_config_arguments
-from pipeline.lock import add_lock_arguments
+from pipeline.run.lock import add_lock_arguments
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
     level = logging.getLogger().getEffectiveLevel()

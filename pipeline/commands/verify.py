@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.verify import KINDS, verify_output
+    from pipeline.run.verify import KINDS, verify_output
 
     if args.explain:
         for kind, meaning in KINDS.items():

@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.evaluation.outputs import DatasetInfo, decode_label_png
-from pipeline.tarfiles import iter_members
+from pipeline.io.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
 

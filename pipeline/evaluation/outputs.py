@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from pipeline.errors import UserError
-from pipeline.tarfiles import iter_members
+from pipeline.io.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
 

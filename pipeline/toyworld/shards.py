@@ -7,7 +7,7 @@ Layout under `out_dir` (shard names are the same in both sets, samples in the sa
     vocabulary.txt                       the class list the label values index
     dataset.json                         classes, palette, split, seed, counts, written last
 
-Tar members get fixed metadata (pipeline.tarfiles), so the same arguments give byte-identical
+Tar members get fixed metadata (pipeline.io.tarfiles), so the same arguments give byte-identical
 shards. The labels live apart so a labelling run reads only images and an evaluation pairs the
 pipeline's masks with `labels/` by shard name and key.
 """
@@ -24,7 +24,7 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image
 
-from pipeline.tarfiles import iter_members, write_tar
+from pipeline.io.tarfiles import iter_members, write_tar
 from pipeline.toyworld.classes import CLASSES, NAMES, vocabulary_text
 from pipeline.toyworld.generator import SCENE_SIZE, Scene, generate_scene, split_seed
 

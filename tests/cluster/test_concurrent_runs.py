@@ -11,8 +11,8 @@ import time
 import pytest
 
 from cluster_support import REPO, TEST_OVERRIDES, subprocess_env, write_shards
-from pipeline.lock import LOCK_NAME, read_lock
-from pipeline.verify import verify_output
+from pipeline.run.lock import LOCK_NAME, read_lock
+from pipeline.run.verify import verify_output
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def _run(inp, out, **popen) -> subprocess.Popen:
 
 
 def test_second_run_fails_fast_then_killed_run_is_recovered(tmp_path):
-    pytest.importorskip("pipeline.runner")
+    pytest.importorskip("pipeline.run.runner")
     inp, out = tmp_path / "in", tmp_path / "out"
     write_shards(inp, n_shards=4, per_shard=30)
     first = _run(inp, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

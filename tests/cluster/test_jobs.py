@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cluster_support import REPO, TEST_OVERRIDES, subprocess_env, write_shards
-from pipeline.lock import LOCK_NAME, LockRecord
+from pipeline.run.lock import LOCK_NAME, LockRecord
 
 pytestmark = pytest.mark.timeout(200)
 

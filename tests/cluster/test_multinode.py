@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster_support import REPO, TEST_OVERRIDES, write_shards
-from pipeline.tarfiles import iter_members
-from pipeline.verify import verify_output
+from pipeline.io.tarfiles import iter_members
+from pipeline.run.verify import verify_output
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def _done_records(out) -> dict[str, dict]:
 
 def test_node_removed_mid_run(cluster, tmp_path, caplog):
     from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     c, workers = cluster
     inp, out = tmp_path / "in", tmp_path / "out"

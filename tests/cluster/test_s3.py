@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.lock import LOCK_NAME, LockHeldError, RunLock, read_lock
-from pipeline.tarfiles import iter_members
-from pipeline.verify import verify_output
+from pipeline.run.lock import LOCK_NAME, LockHeldError, RunLock, read_lock
+from pipeline.io.tarfiles import iter_members
+from pipeline.run.verify import verify_output
 
 from cluster_support import REPO, TEST_OVERRIDES, subprocess_env, write_shards
 
@@ -137,7 +137,7 @@ def _samples(read_bytes, list_names) -> dict[tuple[str, str], dict]:
 
 @pytest.mark.slow
 def test_s3_label_kill_resume_verify(s3_server, s3_bucket, tmp_path):
-    pytest.importorskip("pipeline.runner", reason="pipeline.runner not written yet")
+    pytest.importorskip("pipeline.run.runner", reason="pipeline.run.runner not written yet")
     fs = _fs(s3_server)
     shards = write_shards(tmp_path / "in", n_shards=4, per_shard=5)
     _upload(fs, shards, f"{s3_bucket}/in")

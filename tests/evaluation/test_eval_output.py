@@ -10,7 +10,7 @@ from PIL import Image
 from output_fixture import FakeSample, write_output_dir
 from pipeline.cli import main as cli_main
 from pipeline.evaluation import evaluate_output
-from pipeline.tarfiles import write_tar
+from pipeline.io.tarfiles import write_tar
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_pipeline_output_feeds_eval_report_and_loader(tmp_path, tiny_overrides, ray_session):
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     build_demo_corpus(tmp_path / "in", shards=2, per_shard=3, size=(64, 48))
     cfg = load_config(overrides=[*tiny_overrides, "batch_size=4", "ray.cpu_actors=1", "labels.min_confidence=0.2"])

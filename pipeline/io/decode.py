@@ -1,0 +1,135 @@
+"""Encoded image bytes -> RGB uint8 array, or a typed `SampleError`.
+
+Mode policy (every conversion is recorded as the sample's `source_mode`):
+
+| Pillow mode                | action                                                   |
+|----------------------------|----------------------------------------------------------|
+| RGB                        | as is                                                    |
+| 1, L                       | gray replicated to RGB                                   |
+| LA, La, RGBA, RGBa, PA     | alpha-composited over white (transparent = white)        |
+| P                          | palette expanded (over white when it has transparency)   |
+| CMYK, YCbCr, RGBX          | Pillow's conversion to RGB                               |
+| I;16, I;16B, I;16L, I;16N  | scaled to 8 bits (round(v / 257)), then gray to RGB      |
+| I (32-bit int)             | as I;16 when every value is in 0..65535, else error      |
+| F, HSV, LAB, anything else | error `unsupported_mode` (no safe, meaning-preserving map) |
+
+White, not black, under transparency: cut-out objects are authored to be seen on white pages, and
+a black background makes dark objects vanish into it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.io.records import SampleError
+
+log = logging.getLogger(__name__)
+
+# Our own pixel limit (io.max_image_pixels) is checked on the header; Pillow's warning for the
+# same condition would only repeat it once per image from many threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+GRAY_MODES = {"1", "L"}
+DIRECT_MODES = {"CMYK", "YCbCr", "RGBX"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+# error kinds (the prefix of the manifest `error` column)
+CORRUPT = "corrupt"
+TOO_LARGE = "too_large"
+TOO_SMALL = "too_small"
+UNSUPPORTED_MODE = "unsupported_mode"
+NO_IMAGE = "no_image"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_pixels: int  # io.max_image_pixels: refuse before decoding anything bigger
+    min_side: int  # the engine's patch size: a shorter side leaves no whole patch
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
+    source_mode: str  # Pillow mode of the stored image
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Let Pillow's own bomb check agree with ours; it would otherwise refuse at 2x its default."""
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+
+
+def decode_image(data: bytes, limits: DecodeLimits) -> Decoded:
+    img = _open(data)
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise SampleError(TOO_LARGE, f"{width}x{height} = {width * height} pixels exceeds io.max_image_pixels "
+                                     f"({limits.max_pixels})")
+    if min(width, height) < limits.min_side:
+        raise SampleError(TOO_SMALL, f"{width}x{height} has a side shorter than one patch ({limits.min_side} px)")
+    try:
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise SampleError(TOO_LARGE, str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or damaged pixel data
+        raise SampleError(CORRUPT, f"cannot decode pixels: {exc}") from exc
+    img = _exif_transpose(img)
+    mode = img.mode
+    return Decoded(rgb=np.ascontiguousarray(to_rgb(img)), source_mode=mode)
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 per the mode policy above."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img)
+    if mode in GRAY_MODES or mode in DIRECT_MODES:
+        return np.asarray(img.convert("RGB"))
+    if mode == "P":
+        has_alpha = "transparency" in img.info
+        return _over_white(img.convert("RGBA")) if has_alpha else np.asarray(img.convert("RGB"))
+    if mode in ALPHA_MODES:
+        return _over_white(img.convert("RGBA"))
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        return _sixteen_bit_to_rgb(img)
+    raise SampleError(UNSUPPORTED_MODE, f"Pillow mode {mode!r} has no safe conversion to RGB")
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise SampleError(TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise SampleError(CORRUPT, "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise SampleError(CORRUPT, f"cannot read image header: {exc}") from exc
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed EXIF
+        # A damaged EXIF block says nothing reliable about orientation: keep the stored one.
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return img
+
+
+def _over_white(rgba: Image.Image) -> np.ndarray:
+    arr = np.asarray(rgba).astype(np.float32)  # (H, W, 4)
+    alpha = arr[..., 3:4] / 255.0
+    out = arr[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.rint(out).astype(np.uint8)
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> np.ndarray:
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise SampleError(UNSUPPORTED_MODE, f"Pillow mode {img.mode!r} with values outside 0..65535")
+    gray = np.rint(values / 257.0).astype(np.uint8)  # 65535 -> 255 exactly
+    return np.repeat(gray[..., None], 3, axis=2)

@@ -1,0 +1,69 @@
+"""Per-shard outputs, each written to a temporary name and committed in one step.
+
+The mask tar streams to a local temporary file while the shard is labeled (a shard's masks can be
+larger than memory); the manifest is small (one row per sample) and is written whole at the end.
+Tar members carry fixed metadata (`pipeline.io.tarfiles.tar_member`) so that relabeling the same
+input gives byte-identical shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import tarfile
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io.records import SampleResult
+from pipeline.io.schema import manifest_schema
+from pipeline.io.storage import Storage
+from pipeline.io.tarfiles import TAR_FORMAT, tar_member
+
+
+def mask_shard_path(name: str) -> str:
+    return f"masks/{name}.tar"
+
+
+def manifest_path(name: str) -> str:
+    return f"manifest/{name}.parquet"
+
+
+def done_path(name: str) -> str:
+    return f"_done/{name}.json"
+
+
+class MaskTarWriter:
+    """Context manager: `add(result)` for every ok sample in order; committed on a clean exit only."""
+
+    def __init__(self, storage: Storage, rel_path: str):
+        self.storage = storage
+        self.rel_path = rel_path
+        self._stack = contextlib.ExitStack()
+        self._tar: Optional[tarfile.TarFile] = None
+        self.members = 0
+
+    def __enter__(self) -> "MaskTarWriter":
+        tmp = self._stack.enter_context(self.storage.atomic_path(self.rel_path))
+        self._tar = self._stack.enter_context(tarfile.open(tmp, mode="w", format=TAR_FORMAT))
+        return self
+
+    def add(self, result: SampleResult) -> None:
+        assert self._tar is not None and result.label_png is not None and result.conf_png is not None
+        self._add_member(result.label_member(), result.label_png)
+        self._add_member(result.conf_member(), result.conf_png)
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        self._tar.addfile(*tar_member(name, data))  # type: ignore[union-attr]
+        self.members += 1
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # ExitStack closes the tar first, then commits (or, on an exception, drops) the temp file.
+        self._stack.__exit__(exc_type, exc, tb)
+
+
+def write_manifest(storage: Storage, rel_path: str, rows: list[dict[str, Any]]) -> None:
+    """All rows of one shard, with the explicit v1 schema (never inferred from the data)."""
+    table = pa.Table.from_pylist(rows, schema=manifest_schema())
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(rel_path, buf.getvalue().to_pybytes())

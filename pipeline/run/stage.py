@@ -1,0 +1,309 @@
+"""Label one input shard end to end with a given engine: read, decode, infer, encode, write, record.
+
+The engine is passed in (anything with `predict`, `num_classes`, optionally `patch_size`), so the
+stage runs the same inside a Ray actor and in a plain test process. Work overlaps in three lanes:
+a reader thread walks the tar and hands images to a thread pool for decoding (bounded by
+io.prefetch_batches), the calling thread runs inference one batch at a time, and PNG encoding of
+batch k runs in the pool while batch k+1 is inferred. Rows and masks are written in input order.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
+from pipeline.io.masks import LabelFormat, encode_masks
+from pipeline.io.reader import ReadReport, iter_samples
+from pipeline.io.records import SampleError, SampleResult
+from pipeline.io.shards import ShardSpec
+from pipeline.io.storage import Storage
+from pipeline.timestamps import utc_now_iso
+from pipeline.io.writers import MaskTarWriter, done_path, manifest_path, mask_shard_path, write_manifest
+
+log = logging.getLogger(__name__)
+
+DONE = "done"  # every sample has a row
+FAILED = "failed"  # tar broke part way: the rows read so far are kept, the shard is complete
+UNREADABLE = "unreadable"  # nothing could be read: no outputs, not complete, retried next run
+CRASHED = "crashed"  # the labeling code raised, or its worker was lost more than ray.max_shard_retries times
+INFERENCE = "inference"  # error kind for samples the engine failed on
+DONE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class ShardProgress:
+    shard: str
+    samples: int  # rows produced so far in this shard (ok + errors)
+    ok: int
+    errors: int
+
+
+@dataclass
+class ShardResult:
+    shard: str
+    source: str
+    status: str  # DONE | FAILED | UNREADABLE
+    samples: int = 0
+    ok: int = 0
+    errors: int = 0
+    failure: Optional[str] = None
+    started_at: str = ""
+    finished_at: str = ""
+    seconds: float = 0.0
+    worker: str = ""
+    class_pixels: list[int] = field(default_factory=list)  # per class index, over ok samples
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    conversions: dict[str, int] = field(default_factory=dict)  # source Pillow mode -> count, non-RGB only
+
+    @property
+    def complete(self) -> bool:
+        return self.status in (DONE, FAILED)
+
+
+ProgressFn = Callable[[ShardProgress], None]
+
+
+class _Unreadable(Exception):
+    """Raised inside the writer block so that nothing of an unreadable shard is committed."""
+
+
+def decode_threads(cfg: Config, device: Any) -> int:
+    """`io.decode_threads`, or when 0 the host's cores per GPU on CUDA (decoding plus PNG encoding
+    cost ~10 ms of CPU per 336x448 image, so ~1,000 images/s per GPU needs ~10 cores), and 2 on a
+    CPU device, whose cores inference already uses."""
+    if cfg.io.decode_threads > 0:
+        return cfg.io.decode_threads
+    if getattr(device, "type", "cpu") != "cuda":
+        return 2
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, cores // max(1, torch.cuda.device_count()))
+
+
+class ShardLabeler:
+    def __init__(self, engine: Any, cfg: Config, storage: Storage, worker: str = "",
+                 progress: Optional[ProgressFn] = None):
+        self.engine = engine
+        self.cfg = cfg
+        self.storage = storage
+        self.worker = worker
+        self.progress = progress or (lambda p: None)
+        self.fmt = LabelFormat(engine.num_classes, cfg.labels.min_confidence, cfg.io.png_compression)
+        self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg))
+        self.pool = ThreadPoolExecutor(decode_threads(cfg, getattr(engine, "device", None)),
+                                       thread_name_prefix="decode")
+        configure_pillow(cfg.io.max_image_pixels)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def label(self, shard: ShardSpec) -> ShardResult:
+        t0 = time.monotonic()
+        result = ShardResult(shard.name, shard.url, DONE, started_at=utc_now_iso(), worker=self.worker,
+                             class_pixels=[0] * self.fmt.num_classes)
+        log.info("shard %s: start (%s)", shard.name, shard.url)
+        report = ReadReport()
+        samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options)
+        rows: list[dict[str, Any]] = []
+        try:
+            with MaskTarWriter(self.storage, mask_shard_path(shard.name)) as tar:
+                for done in self._labeled(self._decoded(samples)):
+                    self._write(done, tar, rows, result)
+                if report.unreadable:
+                    raise _Unreadable()
+        except _Unreadable:
+            return self._finish_unreadable(result, report, t0)
+        write_manifest(self.storage, manifest_path(shard.name), rows)
+        if report.failure:
+            result.status, result.failure = FAILED, report.failure
+        self._finish(result, t0)
+        return result
+
+    # -- lanes -------------------------------------------------------------------------------
+
+    def _decoded(self, samples: Iterator[SampleResult]) -> Iterator[SampleResult]:
+        """Samples in order, decoded in the pool up to `window` ahead of the consumer."""
+        window = max(1, self.cfg.io.prefetch_batches) * max(1, self.cfg.batch_size)
+        lane: queue.Queue[Any] = queue.Queue(maxsize=window)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read_lane, args=(samples, lane, stop), daemon=True,
+                                  name="shard-reader")
+        reader.start()
+        try:
+            while True:
+                item = lane.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.result()
+        finally:
+            stop.set()
+            reader.join()
+
+    def _read_lane(self, samples: Iterator[SampleResult], lane: queue.Queue[Any], stop: threading.Event) -> None:
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    lane.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for sample in samples:
+                if not put(self.pool.submit(self._decode, sample)):
+                    return
+            put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
+            put(exc)
+        finally:
+            samples.close()  # type: ignore[attr-defined]  # closes the input stream in this thread
+
+    def _decode(self, sample: SampleResult) -> SampleResult:
+        if sample.ok:
+            try:
+                decoded = decode_image(sample.data or b"", self.limits)
+                sample.rgb, sample.source_mode = decoded.rgb, decoded.source_mode
+            except SampleError as err:
+                sample.fail(err)
+            sample.data = None
+        return sample
+
+    def _labeled(self, decoded: Iterator[SampleResult]) -> Iterator[list[tuple[SampleResult, Optional[Future]]]]:
+        """Chunks of samples with at most batch_size images each; encoding of one chunk overlaps
+        inference of the next, so a chunk is yielded one step late."""
+        previous: Optional[list[tuple[SampleResult, Optional[Future]]]] = None
+        for chunk in _chunks(decoded, max(1, self.cfg.batch_size)):
+            current = self._infer(chunk)
+            if previous is not None:
+                yield previous
+            previous = current
+        if previous is not None:
+            yield previous
+
+    def _infer(self, chunk: list[SampleResult]) -> list[tuple[SampleResult, Optional[Future]]]:
+        ok = [s for s in chunk if s.ok]
+        outputs = self._predict([s.rgb for s in ok]) if ok else []
+        encodes: dict[int, Future] = {}
+        for sample, out in zip(ok, outputs):
+            if isinstance(out, SampleError):
+                sample.fail(out)
+            else:
+                encodes[id(sample)] = self.pool.submit(self._encode, sample, out)
+            sample.rgb = None
+        return [(s, encodes.get(id(s))) for s in chunk]
+
+    def _predict(self, images: list[np.ndarray]) -> Sequence[Any]:
+        """Engine outputs, one per image; an image the engine fails on becomes a SampleError.
+        A failing batch is retried image by image so one bad image does not fail its neighbours."""
+        try:
+            outs = self.engine.predict(images, return_probs=False)
+        except Exception as exc:  # noqa: BLE001 - any engine failure on data is a sample error
+            if len(images) == 1:
+                log.warning("engine failed on an image (%s x %s): %s", *images[0].shape[:2], exc)
+                return [SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")]
+            return [out for img in images for out in self._predict([img])]
+        checked: list[Any] = []
+        for img, out in zip(images, outs):
+            shape = tuple(np.shape(out.pred))
+            if shape != img.shape[:2] or np.shape(out.confidence) != shape:
+                checked.append(SampleError(INFERENCE, f"engine returned a {shape} mask for a {img.shape[:2]} image"))
+            else:
+                checked.append(out)
+        return checked
+
+    def _encode(self, sample: SampleResult, out: Any) -> SampleResult:
+        enc = encode_masks(np.asarray(out.pred), np.asarray(out.confidence, dtype=np.float32), self.fmt)
+        sample.height, sample.width = np.shape(out.pred)
+        sample.label_png, sample.conf_png = enc.label_png, enc.conf_png
+        sample.mean_confidence, sample.ignored_pixels = enc.mean_confidence, enc.ignored_pixels
+        sample.classes, sample.class_pixels = enc.classes, enc.class_pixels
+        sample.labeled_at = dt.datetime.now(dt.timezone.utc)
+        return sample
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _write(self, chunk: list[tuple[SampleResult, Optional[Future]]], tar: MaskTarWriter,
+               rows: list[dict[str, Any]], result: ShardResult) -> None:
+        for sample, encoding in chunk:
+            if encoding is not None:
+                encoding.result()  # re-raises a bug in encoding: that is not a data problem
+            if sample.ok:
+                tar.add(sample)
+                result.ok += 1
+                for c, n in zip(sample.classes or [], sample.class_pixels or []):
+                    result.class_pixels[c] += n
+                if sample.source_mode and sample.source_mode != "RGB":
+                    result.conversions[sample.source_mode] = result.conversions.get(sample.source_mode, 0) + 1
+            else:
+                result.errors += 1
+                kind = sample.error.kind if sample.error else "unknown"
+                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+            rows.append(sample.to_row(mask_shard_path(result.shard)))
+            sample.label_png = sample.conf_png = None
+        result.samples = len(rows)
+        self.progress(ShardProgress(result.shard, result.samples, result.ok, result.errors))
+
+    def _finish(self, result: ShardResult, t0: float) -> None:
+        result.finished_at = utc_now_iso()
+        result.seconds = round(time.monotonic() - t0, 3)
+        record = done_record(result, self.cfg.fingerprint())
+        # Written last: its presence is what makes the shard complete.
+        self.storage.write_bytes(done_path(result.shard), json.dumps(record, indent=1).encode())
+        level = logging.WARNING if result.status == FAILED else logging.INFO
+        log.log(level, "shard %s: %s, %d samples (%d ok, %d errors) in %.1fs%s", result.shard, result.status,
+                result.samples, result.ok, result.errors, result.seconds,
+                f"; {result.failure}" if result.failure else "")
+
+    def _finish_unreadable(self, result: ShardResult, report: ReadReport, t0: float) -> ShardResult:
+        result.status, result.failure = UNREADABLE, report.failure
+        result.samples = result.ok = result.errors = 0
+        result.finished_at = utc_now_iso()
+        result.seconds = round(time.monotonic() - t0, 3)
+        log.warning("shard %s: unreadable (%s); nothing written, it will be retried next run",
+                    result.shard, report.failure)
+        return result
+
+
+def done_record(result: ShardResult, fingerprint: str) -> dict[str, Any]:
+    """The completion record `_done/NAME.json` (schemas/done-v1.json)."""
+    record = {"schema_version": DONE_SCHEMA_VERSION, **asdict(result)}
+    record["config_fingerprint"] = fingerprint
+    record["mask_shard"] = mask_shard_path(result.shard)
+    record["manifest"] = manifest_path(result.shard)
+    return record
+
+
+def min_side(engine: Any, cfg: Config) -> int:
+    """The engine's patch size when it exposes one (an image needs a whole patch), else the config."""
+    patch = getattr(engine, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        patch = max(patch)
+    return int(patch) if isinstance(patch, (int, np.integer)) and patch > 0 else cfg.io.min_image_side
+
+
+def _chunks(samples: Iterator[SampleResult], batch_size: int) -> Iterator[list[SampleResult]]:
+    chunk: list[SampleResult] = []
+    images = 0
+    for sample in samples:
+        chunk.append(sample)
+        images += sample.ok
+        if images == batch_size:
+            yield chunk
+            chunk, images = [], 0
+    if chunk:
+        yield chunk

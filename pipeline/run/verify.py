@@ -1,0 +1,495 @@
+"""Cross-check an OUTPUT against its INPUT (layout: docs_contract.md).
+
+`verify_output` holds when:
+- every input sample has exactly one manifest row, in input order (with INPUT);
+- every ok row has its label and confidence PNGs in the shard's mask tar, and they decode to the
+  recorded width x height (label mode and values per dataset.json);
+- the mask tar has no member that no ok row references;
+- every shard with outputs has a completion record, and the record agrees with the files
+  (sample/ok/error counts, file names, config fingerprint).
+
+The function never raises for a broken output: every finding is a `Problem` of one of `KINDS`.
+Shards are checked in a thread pool, each streaming its mask tar once.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.io.reader import ReadReport, iter_samples
+from pipeline.io.schema import manifest_schema
+from pipeline.io.shards import ShardSpec, expand_input
+from pipeline.io.storage import Storage
+from pipeline.io.tarfiles import iter_members
+
+log = logging.getLogger(__name__)
+
+# Problem kind -> what it means (printed by `pseudolabel verify --explain`).
+KINDS: dict[str, str] = {
+    "missing_shard": "an input shard has no outputs at all",
+    "unexpected_shard": "outputs exist for a shard that is not in INPUT",
+    "missing_row": "an input sample has no manifest row",
+    "duplicate_row": "a sample has more than one manifest row",
+    "unexpected_row": "a manifest row names no sample of its input shard",
+    "order": "rows or mask members are not in input order, or sample_index is wrong",
+    "bad_row": "a row's fields contradict its status (e.g. an ok row without a size)",
+    "missing_member": "an ok row's label or confidence PNG is not in the mask shard",
+    "orphan_member": "a mask shard member that no ok row references (or a repeated member)",
+    "wrong_size": "a mask PNG's size differs from the row's width x height",
+    "bad_mask": "a mask PNG does not decode, or has the wrong mode or out-of-range classes",
+    "missing_record": "a shard has output files but no completion record (_done/NAME.json)",
+    "record_mismatch": "a completion record disagrees with the files",
+    "bad_manifest": "a manifest cannot be read or does not have schema manifest-v1",
+    "bad_dataset_json": "dataset.json is missing or unreadable",
+    "unreadable_input": "an input shard cannot be read",
+    "empty_output": "OUTPUT holds no shard outputs at all",
+}
+
+MAX_STORED_PROBLEMS = 1000  # per run; counts stay exact beyond this
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # one of KINDS
+    shard: Optional[str]  # shard NAME, None for output-wide problems
+    key: Optional[str]  # sample key when the problem is about one sample
+    detail: str
+
+    def __str__(self) -> str:
+        where = self.shard or "OUTPUT"
+        if self.key is not None:
+            where += f"/{self.key}"
+        return f"{self.kind}: {where}: {self.detail}"
+
+
+@dataclass
+class ShardCheck:
+    """What one shard contributed to the report."""
+
+    name: str
+    problems: list[Problem] = field(default_factory=list)
+    input_samples: int = 0
+    rows: int = 0
+    ok_rows: int = 0
+    error_rows: int = 0
+    members: int = 0
+    complete: bool = False
+
+    def add(self, kind: str, detail: str, key: Optional[str] = None) -> None:
+        self.problems.append(Problem(kind, self.name, key, detail))
+
+
+@dataclass
+class VerifyReport:
+    output_url: str
+    input_spec: Optional[str]
+    shards: int = 0
+    complete_shards: int = 0
+    input_samples: int = 0
+    rows: int = 0
+    ok_rows: int = 0
+    error_rows: int = 0
+    members: int = 0
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_STORED_PROBLEMS
+    counts: dict[str, int] = field(default_factory=dict)  # problem kind -> number found
+
+    @property
+    def passed(self) -> bool:
+        return not self.counts
+
+    def add(self, problems: list[Problem]) -> None:
+        for p in problems:
+            self.counts[p.kind] = self.counts.get(p.kind, 0) + 1
+            if len(self.problems) < MAX_STORED_PROBLEMS:
+                self.problems.append(p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output_url, "input": self.input_spec, "passed": self.passed,
+            "shards": self.shards, "complete_shards": self.complete_shards,
+            "input_samples": self.input_samples if self.input_spec else None,
+            "rows": self.rows, "ok_rows": self.ok_rows, "error_rows": self.error_rows,
+            "members": self.members, "problem_counts": dict(sorted(self.counts.items())),
+            "problems": [p.__dict__ for p in self.problems],
+        }
+
+    def summary(self, first: int = 20) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"verify {self.output_url}" + (f" against {self.input_spec}" if self.input_spec else
+                                           " (no INPUT given: input coverage not checked)"),
+            f"  shards: {self.shards} ({self.complete_shards} with a completion record)",
+        ]
+        if self.input_spec:
+            lines.append(f"  input samples: {self.input_samples}")
+        lines.append(f"  manifest rows: {self.rows} ({self.ok_rows} ok, {self.error_rows} error); "
+                     f"mask members checked: {self.members}")
+        if self.counts:
+            total = sum(self.counts.values())
+            by_kind = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+            lines.append(f"  problems: {total} ({by_kind})")
+            lines.append(f"  first {min(first, len(self.problems))}:")
+            lines.extend(f"    {p}" for p in self.problems[:first])
+        lines.append(verdict)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _DatasetInfo:
+    label_mode: Optional[str]  # "L" or "I;16"; None when dataset.json is unusable
+    num_classes: Optional[int]
+    ignore_index: Optional[int]
+    fingerprint: Optional[str]
+
+
+def verify_output(
+    output_url: str,
+    input_spec: Optional[str] = None,
+    storage_options: Optional[dict[str, Any]] = None,
+    *,
+    decode: bool = True,
+    workers: int = 8,
+) -> VerifyReport:
+    """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster)."""
+    out = Storage(output_url, storage_options)
+    out.fs.invalidate_cache()  # fsspec reuses filesystem instances: drop listings cached earlier
+    report = VerifyReport(output_url, input_spec)
+    inputs: dict[str, ShardSpec] = {}
+    if input_spec is not None:
+        inputs = {s.name: s for s in expand_input(input_spec, storage_options)}
+    info, problems = _read_dataset_json(out)
+    manifests = _names(out, "manifest", ".parquet")
+    masks = _names(out, "masks", ".tar")
+    records = _names(out, "_done", ".json")
+    produced = manifests | masks | records
+    if not produced and not inputs:
+        report.add([Problem("empty_output", None, None, f"no manifest/, masks/ or _done/ files under {output_url}")])
+        return report
+    if produced:
+        report.add(problems)
+    names = sorted(produced | set(inputs))
+
+    def check(name: str) -> ShardCheck:
+        return _check_shard(out, name, inputs.get(name), input_spec is not None, info,
+                            has=(name in manifests, name in masks, name in records),
+                            storage_options=storage_options, decode=decode)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for result in pool.map(check, names):
+            report.shards += 1
+            report.complete_shards += result.complete
+            report.input_samples += result.input_samples
+            report.rows += result.rows
+            report.ok_rows += result.ok_rows
+            report.error_rows += result.error_rows
+            report.members += result.members
+            report.add(result.problems)
+    return report
+
+
+# -- per shard ------------------------------------------------------------------------------------
+def _check_shard(
+    out: Storage, name: str, spec: Optional[ShardSpec], with_input: bool, info: _DatasetInfo,
+    has: tuple[bool, bool, bool], storage_options: Optional[dict[str, Any]], decode: bool,
+) -> ShardCheck:
+    has_manifest, has_mask, has_record = has
+    check = ShardCheck(name)
+    if with_input and spec is None:
+        check.add("unexpected_shard", "outputs exist but INPUT has no shard of this name")
+    if spec is not None and not any(has):
+        keys = _input_keys_or_none(spec, storage_options, check)
+        check.input_samples = len(keys or [])
+        check.add("missing_shard", f"no outputs for input shard {spec.url}"
+                  + (f" ({len(keys)} samples)" if keys is not None else ""))
+        return check
+    rows = _read_manifest(out, name, check) if has_manifest else None
+    if not has_manifest and spec is not None:
+        keys = _input_keys_or_none(spec, storage_options, check)
+        check.input_samples = len(keys or [])
+        check.add("missing_row", f"manifest/{name}.parquet does not exist: none of the "
+                                 f"{check.input_samples} input samples has a row")
+    if rows is not None:
+        check.rows = len(rows)
+        check.ok_rows = sum(1 for r in rows if r["status"] == "ok")
+        check.error_rows = check.rows - check.ok_rows
+        _check_rows(name, rows, check)
+        if spec is not None:
+            keys = _input_keys_or_none(spec, storage_options, check)
+            if keys is not None:
+                check.input_samples = len(keys)
+                _check_coverage(rows, keys, check)
+        else:
+            _check_indices(rows, check)
+        _check_masks(out, name, rows, has_mask, info, check, decode)
+    _check_record(out, name, rows, has, info, check)
+    return check
+
+
+def _check_rows(name: str, rows: list[dict[str, Any]], check: ShardCheck) -> None:
+    mask_rel = f"masks/{name}.tar"
+    for r in rows:
+        key = r["key"]
+        if r["status"] == "ok":
+            missing = [f for f in ("width", "height", "label_member", "conf_member", "mask_shard")
+                       if r[f] is None]
+            if missing:
+                check.add("bad_row", f"ok row without {', '.join(missing)}", key)
+            elif r["mask_shard"] != mask_rel:
+                check.add("bad_row", f"ok row points at mask shard {r['mask_shard']!r}, not {mask_rel!r}", key)
+        elif r["status"] == "error":
+            if r["label_member"] is not None or r["conf_member"] is not None:
+                check.add("bad_row", "error row names mask members", key)
+            if not r["error"]:
+                check.add("bad_row", "error row without an error message", key)
+        else:
+            check.add("bad_row", f"status {r['status']!r} is neither ok nor error", key)
+
+
+def _check_coverage(rows: list[dict[str, Any]], keys: list[str], check: ShardCheck) -> None:
+    """Rows against the input's samples, matched by sample_index (a shard may repeat a key)."""
+    keyset = set(keys)
+    per_index: Counter[int] = Counter()
+    for r in rows:
+        key, index = r["key"], r["sample_index"]
+        if 0 <= index < len(keys) and keys[index] == key:
+            per_index[index] += 1
+        elif key in keyset:
+            check.add("order", f"sample_index {index}, but the input has this key at "
+                               f"#{keys.index(key)}", key)
+        else:
+            check.add("unexpected_row", "not a sample of the input shard", key)
+    for index, key in enumerate(keys):
+        n = per_index.get(index, 0)
+        if n == 0:
+            check.add("missing_row", f"input sample #{index} has no manifest row", key)
+        elif n > 1:
+            check.add("duplicate_row", f"input sample #{index} has {n} manifest rows", key)
+    _check_increasing(rows, check)
+
+
+def _check_indices(rows: list[dict[str, Any]], check: ShardCheck) -> None:
+    """Without INPUT: rows must still be numbered 0..n-1 (a gap is a lost row, a repeat a duplicate)."""
+    counts = Counter(r["sample_index"] for r in rows)
+    for r in rows:
+        if counts[r["sample_index"]] > 1:
+            check.add("duplicate_row", f"{counts[r['sample_index']]} rows with sample_index "
+                                       f"{r['sample_index']}", r["key"])
+            counts[r["sample_index"]] = 0  # report each index once
+    top = max(counts, default=-1)
+    gaps = [i for i in range(top + 1) if i not in counts]
+    if gaps:
+        check.add("order", f"sample_index skips {gaps[:5]} (rows lost, or not numbered from 0)")
+    _check_increasing(rows, check)
+
+
+def _check_increasing(rows: list[dict[str, Any]], check: ShardCheck) -> None:
+    indices = [r["sample_index"] for r in rows]
+    for pos in range(1, len(indices)):
+        if indices[pos] < indices[pos - 1]:
+            check.add("order", f"manifest rows are not in input order (row {pos} has sample_index "
+                               f"{indices[pos]} after {indices[pos - 1]})", rows[pos]["key"])
+            return
+
+
+def _check_masks(
+    out: Storage, name: str, rows: list[dict[str, Any]], has_mask: bool, info: _DatasetInfo,
+    check: ShardCheck, decode: bool,
+) -> None:
+    expected: dict[str, tuple[str, dict[str, Any]]] = {}  # member -> (which, row)
+    order: list[str] = []
+    for r in rows:
+        if r["status"] == "ok" and r["label_member"] and r["conf_member"]:
+            for which in ("label", "conf"):
+                member = r[f"{which}_member"]
+                expected[member] = (which, r)
+                order.append(member)
+    if not has_mask:
+        if expected:
+            check.add("missing_member", f"masks/{name}.tar does not exist but {len(expected)} members "
+                                        "are referenced by ok rows")
+        return
+    found: list[str] = []
+    present: set[str] = set()
+    try:
+        with out.fs.open(out.path(f"masks/{name}.tar"), "rb") as f:
+            for member, data in iter_members(f):
+                check.members += 1
+                if member in present:
+                    check.add("orphan_member", f"{member} appears more than once in the mask shard")
+                    continue
+                found.append(member)
+                present.add(member)
+                if member not in expected:
+                    check.add("orphan_member", f"{member} is not referenced by any ok row")
+                    continue
+                which, row = expected[member]
+                _check_png(member, data, which, row, info, check, decode)
+    except (OSError, tarfile.TarError) as exc:
+        check.add("missing_member", f"masks/{name}.tar cannot be read past member {len(found)}: {exc}")
+    for member in order:
+        if member not in present:
+            check.add("missing_member", f"{member} is not in masks/{name}.tar", expected[member][1]["key"])
+    in_both = [m for m in found if m in expected]
+    if in_both != [m for m in order if m in present]:
+        check.add("order", f"members of masks/{name}.tar are not in manifest order")
+
+
+def _check_png(
+    member: str, data: bytes, which: str, row: dict[str, Any], info: _DatasetInfo,
+    check: ShardCheck, decode: bool,
+) -> None:
+    key = row["key"]
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG":
+                check.add("bad_mask", f"{member} is {im.format}, not PNG", key)
+                return
+            if im.size != (row["width"], row["height"]):
+                check.add("wrong_size", f"{member} is {im.size[0]}x{im.size[1]}, row says "
+                                        f"{row['width']}x{row['height']}", key)
+            wanted = "L" if which == "conf" else info.label_mode
+            if wanted is not None and im.mode != wanted:
+                check.add("bad_mask", f"{member} has mode {im.mode}, expected {wanted}", key)
+                return
+            if decode:
+                im.load()
+                if which == "label" and info.num_classes is not None:
+                    _check_label_values(member, np.asarray(im), info, key, check)
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for a corrupt PNG
+        check.add("bad_mask", f"{member} does not decode: {exc}", key)
+
+
+def _check_label_values(member: str, label: np.ndarray, info: _DatasetInfo, key: str, check: ShardCheck) -> None:
+    values = np.unique(label)
+    bad = values[(values >= info.num_classes) & (values != info.ignore_index)]
+    if bad.size:
+        check.add("bad_mask", f"{member} holds class values {bad[:5].tolist()} outside "
+                              f"0..{info.num_classes - 1} and not the ignore value {info.ignore_index}", key)
+
+
+def _check_record(
+    out: Storage, name: str, rows: Optional[list[dict[str, Any]]], has: tuple[bool, bool, bool],
+    info: _DatasetInfo, check: ShardCheck,
+) -> None:
+    has_manifest, has_mask, has_record = has
+    if not has_record:
+        if has_manifest or has_mask:
+            check.add("missing_record", "outputs exist but _done/NAME.json does not (incomplete shard)")
+        return
+    try:
+        record = json.loads(out.read_bytes(f"_done/{name}.json"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        check.add("record_mismatch", f"_done/{name}.json is unreadable: {exc}")
+        return
+    check.complete = True
+    expect = {"shard": name}
+    if rows is not None:
+        expect.update(samples=check.rows, ok=check.ok_rows, errors=check.error_rows)
+    if info.fingerprint is not None:
+        expect["config_fingerprint"] = info.fingerprint
+    for field_name, value in expect.items():
+        if record.get(field_name) != value:
+            check.add("record_mismatch", f"_done/{name}.json says {field_name}={record.get(field_name)!r}, "
+                                         f"the files say {value!r}")
+    for field_name, rel, present in (("manifest", f"manifest/{name}.parquet", has_manifest),
+                                     ("mask_shard", f"masks/{name}.tar", has_mask)):
+        recorded = record.get(field_name)
+        if recorded is not None and not str(recorded).endswith(rel):
+            check.add("record_mismatch", f"_done/{name}.json names {field_name} {recorded!r}, expected {rel!r}")
+        if not present and (field_name == "manifest" or check.ok_rows):
+            check.add("record_mismatch", f"_done/{name}.json exists but {rel} does not")
+
+
+# -- reading --------------------------------------------------------------------------------------
+def _read_dataset_json(out: Storage) -> tuple[_DatasetInfo, list[Problem]]:
+    try:
+        meta = json.loads(out.read_bytes("dataset.json"))
+        dtype = meta["label_dtype"]
+        info = _DatasetInfo(
+            label_mode={"uint8": "L", "uint16": "I;16"}[dtype],
+            num_classes=int(meta["num_classes"]),
+            ignore_index=int(meta["ignore_index"]),
+            fingerprint=meta.get("config_fingerprint"),
+        )
+        return info, []
+    except FileNotFoundError:
+        detail = "dataset.json does not exist"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = f"dataset.json is unreadable or incomplete: {exc!r}"
+    return _DatasetInfo(None, None, None, None), [Problem("bad_dataset_json", None, None, detail)]
+
+
+def _names(out: Storage, folder: str, suffix: str) -> set[str]:
+    return {n[: -len(suffix)] for n in out.listdir(folder) if n.endswith(suffix)}
+
+
+def _read_manifest(out: Storage, name: str, check: ShardCheck) -> Optional[list[dict[str, Any]]]:
+    rel = f"manifest/{name}.parquet"
+    try:
+        with out.fs.open(out.path(rel), "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, pa.ArrowException) as exc:
+        check.add("bad_manifest", f"{rel} cannot be read: {exc}")
+        return None
+    want = manifest_schema()
+    if not table.schema.equals(want, check_metadata=False):
+        diff = _schema_diff(table.schema, want)
+        check.add("bad_manifest", f"{rel} does not have schema manifest-v1: {diff}")
+        return None
+    columns = ["key", "sample_index", "status", "error", "width", "height", "mask_shard",
+               "label_member", "conf_member"]
+    return table.select(columns).to_pylist()
+
+
+def _schema_diff(got: pa.Schema, want: pa.Schema) -> str:
+    for f in want:
+        if f.name not in got.names:
+            return f"column {f.name!r} is missing"
+        g = got.field(f.name)
+        if g.type != f.type or g.nullable != f.nullable:
+            return f"column {f.name!r} is {g.type}{'' if g.nullable else ' not null'}, expected {f.type}"
+    extra = [n for n in got.names if n not in want.names]
+    return f"extra columns {extra}" if extra else "column order differs"
+
+
+def _input_keys_or_none(spec: ShardSpec, storage_options: Optional[dict[str, Any]],
+                        check: ShardCheck) -> Optional[list[str]]:
+    try:
+        return input_keys(spec.url, storage_options)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        check.add("unreadable_input", f"cannot read input shard {spec.url}: {exc}")
+        return None
+
+
+def input_keys(url: str, storage_options: Optional[dict[str, Any]] = None) -> list[str]:
+    """Sample keys of one input shard in order, grouped exactly as `pseudolabel run` groups them."""
+    report = ReadReport()
+    keys = [s.key for s in iter_samples(url, [], report, storage_options)]
+    if report.unreadable:
+        raise OSError(report.failure)
+    return keys
+
+
+def verify_or_raise(output_url: str, input_spec: Optional[str] = None,
+                    storage_options: Optional[dict[str, Any]] = None) -> VerifyReport:
+    """`verify_output`, raising a UserError with the summary when it fails (for jobs and tests)."""
+    report = verify_output(output_url, input_spec, storage_options)
+    if not report.passed:
+        raise UserError(report.summary())
+    return report
+
+
