@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.benchmark import bench_images  # noqa: E402
-from pipeline.tarfiles import write_tar  # noqa: E402
+from pipeline.io.tarfiles import write_tar  # noqa: E402
 
 
 def main() -> int:

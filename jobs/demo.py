@@ -49,9 +49,9 @@ def main() -> int:
     from pipeline.commands.run import print_summary
     from pipeline.evaluation import evaluate_output, format_table
     from pipeline.report import build_report
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
     from pipeline.toyworld.shards import write_shards
-    from pipeline.verify import verify_output
+    from pipeline.run.verify import verify_output
 
     work = Path(args.out).resolve()
     shutil.rmtree(work, ignore_errors=True)

@@ -22,9 +22,9 @@ if str(REPO) not in sys.path:
 
 
 def snapshot(output: str, input_spec: Optional[str], options: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.lock import read_lock
-    from pipeline.shards import expand_input
-    from pipeline.storage import Storage
+    from pipeline.run.lock import read_lock
+    from pipeline.io.shards import expand_input
+    from pipeline.io.storage import Storage
 
     out = Storage(output, options)
     out.fs.invalidate_cache()  # the filesystem instance is reused between snapshots: list afresh

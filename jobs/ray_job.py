@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _verify(args: argparse.Namespace, summary: dict) -> int:
     from pipeline.config import load_config
-    from pipeline.verify import verify_output
+    from pipeline.run.verify import verify_output
 
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     report = verify_output(args.output, args.input, cfg.io.storage_options)
