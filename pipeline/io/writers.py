@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import tarfile
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.records import SampleResult
+from pipeline.io.layout import done_path, manifest_path, mask_shard_path  # noqa: F401 - re-exported
+from pipeline.io.records import ManifestRow, SampleResult
 from pipeline.io.schema import manifest_schema
 from pipeline.io.storage import Storage
 from pipeline.io.tarfiles import TAR_FORMAT, tar_member
-
-
-def mask_shard_path(name: str) -> str:
-    return f"masks/{name}.tar"
-
-
-def manifest_path(name: str) -> str:
-    return f"manifest/{name}.parquet"
-
-
-def done_path(name: str) -> str:
-    return f"_done/{name}.json"
 
 
 class MaskTarWriter:
@@ -61,9 +50,14 @@ class MaskTarWriter:
         self._stack.__exit__(exc_type, exc, tb)
 
 
-def write_manifest(storage: Storage, rel_path: str, rows: list[dict[str, Any]]) -> None:
-    """All rows of one shard, with the explicit v1 schema (never inferred from the data)."""
-    table = pa.Table.from_pylist(rows, schema=manifest_schema())
+def manifest_bytes(rows: Sequence[ManifestRow | Mapping[str, Any]]) -> bytes:
+    """All rows of one shard as Parquet, with the explicit v1 schema (never inferred from the data)."""
+    dicts = [r.to_dict() if isinstance(r, ManifestRow) else dict(r) for r in rows]
+    table = pa.Table.from_pylist(dicts, schema=manifest_schema())
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd")
-    storage.write_bytes(rel_path, buf.getvalue().to_pybytes())
+    return buf.getvalue().to_pybytes()
+
+
+def write_manifest(storage: Storage, rel_path: str, rows: Sequence[ManifestRow | Mapping[str, Any]]) -> None:
+    storage.write_bytes(rel_path, manifest_bytes(rows))

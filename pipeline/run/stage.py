@@ -9,14 +9,13 @@ batch k runs in the pool while batch k+1 is inferred. Rows and masks are written
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -25,20 +24,20 @@ from pipeline.config import Config
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
 from pipeline.io.masks import LabelFormat, encode_masks
 from pipeline.io.reader import ReadReport, iter_samples
-from pipeline.io.records import SampleError, SampleResult
+from pipeline.io.layout import ErrorKind, ShardStatus, done_path, manifest_path, mask_shard_path
+from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
 from pipeline.io.shards import ShardSpec
 from pipeline.io.storage import Storage
 from pipeline.timestamps import utc_now_iso
-from pipeline.io.writers import MaskTarWriter, done_path, manifest_path, mask_shard_path, write_manifest
+from pipeline.io.writers import MaskTarWriter, write_manifest
 
 log = logging.getLogger(__name__)
 
-DONE = "done"  # every sample has a row
-FAILED = "failed"  # tar broke part way: the rows read so far are kept, the shard is complete
-UNREADABLE = "unreadable"  # nothing could be read: no outputs, not complete, retried next run
-CRASHED = "crashed"  # the labeling code raised, or its worker was lost more than ray.max_shard_retries times
-INFERENCE = "inference"  # error kind for samples the engine failed on
-DONE_SCHEMA_VERSION = 1
+DONE = ShardStatus.DONE
+FAILED = ShardStatus.FAILED
+UNREADABLE = ShardStatus.UNREADABLE
+CRASHED = ShardStatus.CRASHED
+INFERENCE = ErrorKind.INFERENCE  # error kind for samples the engine failed on
 
 
 @dataclass
@@ -47,28 +46,6 @@ class ShardProgress:
     samples: int  # rows produced so far in this shard (ok + errors)
     ok: int
     errors: int
-
-
-@dataclass
-class ShardResult:
-    shard: str
-    source: str
-    status: str  # DONE | FAILED | UNREADABLE
-    samples: int = 0
-    ok: int = 0
-    errors: int = 0
-    failure: Optional[str] = None
-    started_at: str = ""
-    finished_at: str = ""
-    seconds: float = 0.0
-    worker: str = ""
-    class_pixels: list[int] = field(default_factory=list)  # per class index, over ok samples
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    conversions: dict[str, int] = field(default_factory=dict)  # source Pillow mode -> count, non-RGB only
-
-    @property
-    def complete(self) -> bool:
-        return self.status in (DONE, FAILED)
 
 
 ProgressFn = Callable[[ShardProgress], None]
@@ -116,7 +93,7 @@ class ShardLabeler:
         log.info("shard %s: start (%s)", shard.name, shard.url)
         report = ReadReport()
         samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options)
-        rows: list[dict[str, Any]] = []
+        rows: list[ManifestRow] = []
         try:
             with MaskTarWriter(self.storage, mask_shard_path(shard.name)) as tar:
                 for done in self._labeled(self._decoded(samples)):
@@ -238,7 +215,7 @@ class ShardLabeler:
     # -- output ------------------------------------------------------------------------------
 
     def _write(self, chunk: list[tuple[SampleResult, Optional[Future]]], tar: MaskTarWriter,
-               rows: list[dict[str, Any]], result: ShardResult) -> None:
+               rows: list[ManifestRow], result: ShardResult) -> None:
         for sample, encoding in chunk:
             if encoding is not None:
                 encoding.result()  # re-raises a bug in encoding: that is not a data problem
@@ -261,9 +238,9 @@ class ShardLabeler:
     def _finish(self, result: ShardResult, t0: float) -> None:
         result.finished_at = utc_now_iso()
         result.seconds = round(time.monotonic() - t0, 3)
-        record = done_record(result, self.cfg.fingerprint())
+        record = DoneRecord.of(result, self.cfg.fingerprint())
         # Written last: its presence is what makes the shard complete.
-        self.storage.write_bytes(done_path(result.shard), json.dumps(record, indent=1).encode())
+        self.storage.write_bytes(done_path(result.shard), record.to_json())
         level = logging.WARNING if result.status == FAILED else logging.INFO
         log.log(level, "shard %s: %s, %d samples (%d ok, %d errors) in %.1fs%s", result.shard, result.status,
                 result.samples, result.ok, result.errors, result.seconds,
@@ -280,12 +257,8 @@ class ShardLabeler:
 
 
 def done_record(result: ShardResult, fingerprint: str) -> dict[str, Any]:
-    """The completion record `_done/NAME.json` (schemas/done-v1.json)."""
-    record = {"schema_version": DONE_SCHEMA_VERSION, **asdict(result)}
-    record["config_fingerprint"] = fingerprint
-    record["mask_shard"] = mask_shard_path(result.shard)
-    record["manifest"] = manifest_path(result.shard)
-    return record
+    """The completion record `_done/NAME.json` (schemas/done-v1.json) as a mapping."""
+    return DoneRecord.of(result, fingerprint).to_dict()
 
 
 def min_side(engine: Any, cfg: Config) -> int:
