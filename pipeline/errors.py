@@ -7,3 +7,14 @@ class UserError(Exception):
 
 class ModelLoadError(UserError):
     """Weights could not be loaded (e.g. an open_clip tag offline)."""
+
+
+class TransientReadError(Exception):
+    """An input shard's stream broke for transport reasons (a `pipe:` command exited non-zero, an
+    HTTP/S3 read or a timeout failed): the shard stays incomplete, with no outputs, and is retried.
+    Not a UserError: nothing is wrong with the input itself."""
+
+
+class ShardInferenceError(Exception):
+    """Most images of a shard failed inside the engine (a broken engine, not bad data): the shard is
+    not marked complete and is retried; one that fails this way every time is reported crashed."""

@@ -1,0 +1,155 @@
+"""The byte stream a tar shard is read through: typed transport errors, bounded reads, cheap skips.
+
+`tarfile`'s stream mode (`r|`) skips a member's data by reading it block by block and keeps
+going after the end of the data, so a header that declares 10^15 bytes makes it spin for ever.
+Here tarfile runs in its random-access mode on top of a `Cursor`, which
+
+- skips forward by seeking the input when the input can seek (a local file, an object-store or
+  HTTP file with a known size), else by reading and dropping 1 MiB chunks until the skip is done
+  or the data ends: bounded by the bytes really there, never by what a header claims;
+- refuses any single read larger than `max_read` (what a header may declare), so a hostile PAX or
+  GNU long-name header cannot make it hold gigabytes;
+- keeps the last few KiB it returned, for the one-byte step back tarfile takes to probe for the
+  end of data and for the end-of-archive check.
+
+`Source` sits under any decompressor: everything the input itself raises while being read (a
+dropped connection, an HTTP payload error, a timeout, EIO) becomes a `TransientReadError`, which
+the tar parser above does not mistake for a truncated archive.
+"""
+from __future__ import annotations
+
+import tarfile
+from typing import IO, Any, Optional
+
+from pipeline.errors import TransientReadError
+
+CHUNK = 1 << 20  # largest single read from the input while skipping or reading a big member
+KEEP = 1 << 12  # bytes kept behind the position: tarfile steps back 1, the end check 512
+
+
+def _seekable(raw: Any) -> bool:
+    try:
+        return bool(raw.seekable())
+    except Exception:  # noqa: BLE001 - an object without a working seekable() cannot seek
+        return False
+
+
+class Source:
+    """The raw input, read forward only; `head` bytes can be peeked (compression sniffing)."""
+
+    def __init__(self, raw: IO[bytes], url: str):
+        self.raw, self.url = raw, url
+        self.pos = 0  # bytes consumed by readers of this object
+        self.can_seek = _seekable(raw)
+        self._head = b""
+
+    def peek(self, n: int) -> bytes:
+        while len(self._head) < n:
+            more = self._raw_read(n - len(self._head))
+            if not more:
+                break
+            self._head += more
+        return self._head[:n]
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK  # decompressors ask for "all"; hand out bounded pieces, they loop
+        out, self._head = self._head[:n], self._head[n:]
+        if len(out) < n:
+            out += self._raw_read(n - len(out))
+        self.pos += len(out)
+        return out
+
+    def skip(self, n: int) -> bool:
+        """Move `n` bytes forward by seeking; False when this input cannot (the caller reads)."""
+        if not self.can_seek or self._head:
+            return False
+        try:
+            self.raw.seek(n, 1)
+        except Exception as exc:  # noqa: BLE001 - any failure of the input itself is transport
+            raise TransientReadError(f"seeking in {self.url} at byte {self.pos} failed: "
+                                     f"{type(exc).__name__}: {exc}; the shard is retried") from exc
+        self.pos += n
+        return True
+
+    def _raw_read(self, n: int) -> bytes:
+        try:
+            return self.raw.read(n)
+        except Exception as exc:  # noqa: BLE001 - any failure of the input itself is transport
+            raise TransientReadError(f"reading {self.url} failed at byte {self.pos}: "
+                                     f"{type(exc).__name__}: {exc}; the shard is retried") from exc
+
+
+class Cursor:
+    """The file object tarfile reads in `r:` mode: read, tell, seek (forward anywhere, back a little)."""
+
+    def __init__(self, stream: Any, max_read: int, source: Optional[Source] = None):
+        self.stream = stream  # a Source, or a decompressor reading one
+        self.source = source  # set when `stream` is the Source itself: skips may seek
+        self.max_read = max_read
+        self.pos = 0
+        self.eof = False
+        self._behind = b""  # the last bytes before pos
+        self._ahead = b""  # bytes after pos taken from the stream already (after a step back)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self.max_read:
+            raise tarfile.ReadError(f"the tar asks for a read of {n} bytes at byte {self.pos}, more than "
+                                    f"the {self.max_read} allowed (io.max_member_bytes)")
+        parts, have = [self._ahead[:n]], len(self._ahead[:n])
+        self._ahead = self._ahead[n:]
+        while have < n and not self.eof:
+            chunk = self.stream.read(min(n - have, CHUNK))
+            if not chunk:
+                self.eof = True
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        out = b"".join(parts)
+        self.pos += len(out)
+        self._behind = (self._behind + out[-KEEP:])[-KEEP:]
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self.pos + offset
+        if whence not in (0, 1) or target < 0:
+            raise tarfile.ReadError(f"unsupported seek to {offset} (whence {whence}) in a tar stream")
+        if target < self.pos:
+            self._back(self.pos - target)
+        elif target > self.pos:
+            self._forward(target - self.pos)
+        return self.pos
+
+    def _back(self, n: int) -> None:
+        if n > len(self._behind):
+            raise tarfile.ReadError(f"cannot step back {n} bytes in a tar stream at byte {self.pos}")
+        self._ahead = self._behind[-n:] + self._ahead
+        self._behind = self._behind[:-n]
+        self.pos -= n
+
+    def _forward(self, n: int) -> None:
+        held = min(n, len(self._ahead))
+        self._behind = (self._behind + self._ahead[:held])[-KEEP:]
+        self._ahead, self.pos, n = self._ahead[held:], self.pos + held, n - held
+        if n == 0:
+            return
+        self._behind = b""  # what lies before the new position was never seen
+        if not self.eof and self.source is not None and self.source.skip(n):
+            self.pos += n  # past the end is fine: the next read returns b""
+            return
+        while n > 0 and not self.eof:
+            chunk = self.stream.read(min(n, CHUNK))
+            if not chunk:
+                self.eof = True
+                break
+            n -= len(chunk)
+            self.pos += len(chunk)
+            self._behind = (self._behind + chunk[-KEEP:])[-KEEP:]
+
+    def bytes_at(self, offset: int, n: int) -> bytes:
+        """Bytes [offset, offset + n): a step back within what was kept, or a read ahead."""
+        self.seek(offset)
+        return self.read(n)
