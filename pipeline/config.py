@@ -24,7 +24,7 @@ DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 
 BaseMethod = Literal["vanilla", "sclip", "clearclip", "naclip"]
 Precision = Literal["float32", "bfloat16", "float16"]
-PamrKernelChoice = Literal["auto", "sparse", "shifted"]
+PamrKernelChoice = Literal["auto", "sparse", "shifted", "stencil"]
 
 
 class ConfigError(UserError, ValueError):
@@ -85,8 +85,9 @@ class InferenceConfig:
     # Upper bound on crops sent through the ViT at once; 0 = auto: 12 on CPU, 64 on GPU.
     max_crops_per_forward: int = 0
     # PAMR propagation: `sparse` (one CSR product per iteration; fastest on CPU), `shifted` (one pass
-    # per neighbour; what `compile` fuses); auto = sparse for shapes seen before (building the
-    # pattern costs about one shifted run), shifted with `compile`.
+    # per neighbour; what `compile` fuses), `stencil` (pure element-wise form that torch.compile fuses
+    # into one kernel per iteration; compiled on CUDA always). auto = stencil on CUDA; on CPU sparse
+    # for shapes seen before (building the pattern costs about one shifted run), shifted with `compile`.
     pamr_kernel: PamrKernelChoice = "auto"
     # torch.compile the shifted PAMR propagation, after a one-off compile per crop shape (~1 min on
     # 2 cores). With pamr_kernel auto, compile picks the shifted kernel.
@@ -114,6 +115,7 @@ class RayConfig:
     stall_timeout_s: float = 900.0  # give up on the queued shards when no worker is alive for this long
     max_actor_restarts: int = 3  # restarts of a lost actor (infrastructure failures only)
     max_shard_retries: int = 3  # re-submissions of a shard whose worker was lost
+    shard_stall_timeout_s: float = 1800.0  # a shard whose samples do not move for this long fails and is retried (0 = off)
 
 
 @dataclass
@@ -151,15 +153,114 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric key: `low <= v <= high` (`None` = unbounded), strict ends when
+    `open_low`/`open_high`; lists are checked per item."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""  # what the special values mean
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.open_high and value == self.high)))
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return f"{x:g}" if isinstance(x, float) else str(x)
+        if self.low is not None and self.high is not None:
+            text = f"{'(' if self.open_low else '['}{num(self.low)}, {num(self.high)}{')' if self.open_high else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.open_low else '>='} {num(self.low)}"
+        else:
+            text = f"{'<' if self.open_high else '<='} {num(self.high)}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+# The valid range of every numeric key (tests/test_config.py checks that none is missing). Checked
+# on load, so a bad value is one line naming the key, the value and this range, before any work.
+RANGES: dict[str, Range] = {
+    "method.gaussian_std": Range(0, open_low=True),
+    "method.rcs.layers": Range(0, note="each a 0-based block index, below the model's depth"),
+    "method.rcs.tau": Range(0, open_low=True),
+    "method.rcs.lam": Range(0, 1),
+    "method.sfr.tau": Range(0, open_low=True),
+    "method.sfr.lam": Range(0, 1),
+    "method.sfr.temp_thd": Range(0, 1),
+    "inference.slide_crop": Range(0, note="0 = whole image"),
+    "inference.slide_stride": Range(1, note="at most slide_crop when sliding"),
+    "inference.short_side": Range(0, note="0 = keep the input size"),
+    "inference.logit_scale": Range(0, open_low=True),
+    "inference.prob_thd": Range(0, 1),
+    "inference.pamr_steps": Range(0, note="0 = off"),
+    "inference.max_crops_per_forward": Range(0, note="0 = auto"),
+    "io.max_image_pixels": Range(1),
+    "io.decode_threads": Range(0, note="0 = auto"),
+    "io.prefetch_batches": Range(1),
+    "io.png_compression": Range(0, 9),
+    "io.min_image_side": Range(1),
+    "ray.num_actors": Range(0, note="0 = one per GPU, or ray.cpu_actors"),
+    "ray.cpu_actors": Range(1),
+    "ray.cpus_per_actor": Range(0, open_low=True),
+    "ray.gpus_per_actor": Range(0, open_low=True, note="below 1, actors share a GPU"),
+    "ray.stall_timeout_s": Range(0, open_low=True),
+    "ray.max_actor_restarts": Range(0),
+    "ray.max_shard_retries": Range(0),
+    "ray.shard_stall_timeout_s": Range(0, note="0 = off"),
+    "labels.min_confidence": Range(0, 1),
+    "batch_size": Range(1),
+}
+
+
+def numeric_keys(cls: Optional[type] = None, prefix: str = "") -> list[str]:
+    """Dotted names of every int/float (or list of them) field of `Config`."""
+    cls = cls or Config
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += numeric_keys(tp, f"{key}.")
+            continue
+        inner = [a for a in (get_args(tp) or (tp,)) if a is not type(None)]
+        if get_origin(tp) is list:
+            inner = list(get_args(tp))
+        if any(a in (int, float) for a in inner):
+            out.append(key)
+    return out
+
+
+def check_ranges(cfg: "Config") -> None:
+    """`ConfigError` naming the first key outside its range (and cross-key limits)."""
+    for key, rng in RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        for item in value if isinstance(value, list) else [value]:
+            if not rng.contains(item):
+                raise ConfigError(f"{key}={item!r} is out of range: valid values are {rng}")
+    inf = cfg.inference
+    if inf.slide_crop > 0 and inf.slide_stride > inf.slide_crop:
+        raise ConfigError(f"inference.slide_stride={inf.slide_stride} is out of range: it must be at most "
+                          f"inference.slide_crop={inf.slide_crop}, or windows leave pixels unlabeled")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Default config, then the file at `path` (if any), then `KEY=VALUE` overrides (YAML values)."""
+    """Default config, then the file at `path` (if any), then `KEY=VALUE` overrides (YAML values);
+    every key and value checked (types, then `RANGES`)."""
     data = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
         _merge(data, _read_yaml(resolve_config_path(path)), "")
     for item in overrides or []:
         key, value = parse_override(item)
         _merge(data, _nest(key, value), "")
-    return from_dict(Config, data)
+    cfg = from_dict(Config, data)
+    check_ranges(cfg)
+    return cfg
 
 
 def parse_override(item: str) -> tuple[str, Any]:
