@@ -69,6 +69,7 @@ class Segmenter:
         model_key = ident["checkpoint_sha256"] or (None if ident["pretrained"] == "random"
                                                    else f"{ident['name']}/{ident['pretrained']}")
         templates = load_templates(cfg.vocabulary.templates)
+        self.template_texts = [t("{}") for t in templates]  # what the labels were made with (pipeline.identity)
         clip.model.to(device)
         self.text = encode_queries(clip.model, vocabulary.queries, templates, model_key, device)  # (Q, E)
         self.query_class = torch.tensor(vocabulary.query_class, device=device)
