@@ -39,6 +39,9 @@ class ModelConfig:
     # Local checkpoint layout. auto: TorchScript archives and state dicts that do not fit `name` are
     # OpenAI's (sizes inferred from the tensors, QuickGELU); others load into open_clip's `name`.
     format: Literal["auto", "openai", "open_clip"] = "auto"
+    # A student of `pseudolabel train` (DIR/student.pt) labels instead of CLIP: a second, cheaper
+    # labeling round. Its classes are the ones it was trained on; vocabulary.* and method.* are unused.
+    student: Optional[str] = None
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Config:
         d["inference"].pop("max_crops_per_forward")
         d["inference"].pop("compile")
         d["inference"].pop("pamr_kernel")
+        if d["model"].get("student") is None:
+            d["model"].pop("student")  # unset: the same fingerprint as before the key existed
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

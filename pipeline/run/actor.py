@@ -27,6 +27,10 @@ CRASH_ENV = "PSEUDOLABEL_TEST_CRASH_AT"
 
 
 def default_engine(cfg: Config) -> Any:
+    if cfg.model.student:  # a student of `pseudolabel train` labels instead of CLIP
+        from pipeline.student.engine import StudentEngine
+
+        return StudentEngine.from_config(cfg)
     from pipeline.engine import Segmenter
 
     return Segmenter.from_config(cfg)
