@@ -202,7 +202,7 @@ def _digest(value: Any) -> str:
 
 def _render(value: Any, other: Any, limit: int = 60) -> str:
     """A value short enough for a one-line message; long lists say where they first differ."""
-    text = json.dumps(value, separators=(",", " "))
+    text = json.dumps(value)
     if len(text) <= limit:
         return text
     if isinstance(value, list):
