@@ -161,16 +161,19 @@ class DoneRecord(ShardResult):
     """`_done/NAME.json` (schemas/done-v1.json): a complete shard's result, the config fingerprint
     it was labeled under and where its files are. A field added to `ShardResult` is recorded too."""
 
-    config_fingerprint: str = ""
+    config_fingerprint: str = ""  # since content fingerprints: the same as `fingerprint` (kept for v1 readers)
     mask_shard: str = ""
     manifest: str = ""
+    # Content fingerprint (pipeline.identity) of the engine that labeled the shard; "" in records
+    # written before it existed (their config_fingerprint hashed paths, not contents).
+    fingerprint: str = ""
     schema_version: int = DONE_SCHEMA_VERSION
 
     @classmethod
     def of(cls, result: ShardResult, fingerprint: str) -> "DoneRecord":
         values = {f.name: getattr(result, f.name) for f in fields(ShardResult)}
         return cls(**values, config_fingerprint=fingerprint, mask_shard=mask_shard_path(result.shard),
-                   manifest=manifest_path(result.shard))
+                   manifest=manifest_path(result.shard), fingerprint=fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         # schema_version first, then the fields in declaration order: the order of done-v1.
@@ -225,6 +228,10 @@ class DatasetMeta:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = DATASET_SCHEMA_VERSION
+    # Content fingerprint and what it hashes (pipeline.identity.Identity.to_dict()); None/empty in
+    # outputs written before content fingerprints.
+    fingerprint: Optional[str] = None
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -245,6 +252,13 @@ class DatasetMeta:
         return self.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
+        doc = self._base_dict()
+        if self.fingerprint is not None:  # absent from older documents: they stay byte-identical
+            doc["fingerprint"] = self.fingerprint
+            doc["identity"] = self.identity
+        return doc
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
             "vocabulary": [e.to_dict() for e in self.vocabulary],
@@ -294,6 +308,8 @@ class DatasetMeta:
             versions=dict(doc.get("versions") or {}),
             created_at=str(doc.get("created_at", "")),
             schema_version=int(doc.get("schema_version", DATASET_SCHEMA_VERSION)),
+            fingerprint=doc.get("fingerprint"),
+            identity=dict(doc.get("identity") or {}),
         )
 
     def class_index(self, name_or_index: str | int) -> int:
