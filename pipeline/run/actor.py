@@ -12,10 +12,10 @@ import socket
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config
-from pipeline.run.progress import board_handle
+from pipeline.run.progress import ProgressSender, board_handle, remote_put
 from pipeline.io.shards import ShardSpec
 from pipeline.run.stage import ShardLabeler, ShardProgress, ShardResult
-from pipeline.io.storage import Storage
+from pipeline.io.output_dir import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,13 @@ class LabelWorker:
         _configure_logging(log_level)
         self.cfg = cfg
         self.board = board_handle(progress_board) if progress_board else None
+        # Coalesced: at most a few messages a second, whatever the batch rate (see progress.py).
+        self.sender = ProgressSender(remote_put(self.board)) if self.board is not None else None
         self.crash_at = _parse_crash(crash_at)
         self.attempt = 0
         self.engine = (engine_factory or default_engine)(cfg)
         self.worker = _worker_id()
-        storage = Storage(output, cfg.io.storage_options)
+        storage = OutputDir(output, cfg.io.storage_options)
         self.labeler = ShardLabeler(self.engine, cfg, storage, self.worker, progress=self._report)
         log.info("worker %s ready (%d classes)", self.worker, self.engine.num_classes)
 
@@ -72,9 +74,9 @@ class LabelWorker:
     def _report(self, p: ShardProgress) -> None:
         if self.crash_at and p.shard == self.crash_at[0] and p.samples > self.crash_at[1]:
             _maybe_crash(self.crash_at[2])
-        if self.board is not None:
+        if self.sender is not None:
             # Fire and forget: a lost progress message only makes the bar lag, never fails the shard.
-            self.board.put.remote((p.shard, self.attempt, p.samples, p.ok, p.errors))
+            self.sender.send((p.shard, self.attempt, p.samples, p.ok, p.errors))
 
 
 def _worker_id() -> str:

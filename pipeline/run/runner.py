@@ -9,7 +9,6 @@ complete under the new config).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime as dt
 import importlib.metadata
@@ -24,21 +23,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
 from pipeline.run.actor import CRASH_ENV, EngineFactory, LabelWorker
+from pipeline.run.tally import RunTally
+from pipeline.run.done_index import INDEX_PATH, DoneIndex, load_done_index
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.run.lock import LockHeldError, holds_output_lock
+from pipeline.run.lock import LockHeldError
+from pipeline.io import layout
+from pipeline.io.output_dir import OutputDir
+from pipeline.io.records import DatasetMeta, VocabEntry
 from pipeline.io.masks import LabelFormat
 from pipeline.run.progress import ProgressBoard
 from pipeline.io.shards import ShardSpec, expand_input
 from pipeline.run.stage import CRASHED, DONE, FAILED, UNREADABLE, ShardResult
 from pipeline.io.storage import Storage
-from pipeline.io.writers import done_path
 
 log = logging.getLogger(__name__)
 
-DATASET_JSON = "dataset.json"
-STATS_JSON = "_stats.json"
-DATASET_SCHEMA_VERSION = 1
+DATASET_JSON = layout.DATASET_JSON
+STATS_JSON = layout.STATS_JSON
 DEFAULT_MAX_SAMPLE_FAILURE = 0.01  # exit code 1 above this share of failed samples (or any failed shard)
 ACTOR_START_TIMEOUT_S = 900.0  # loading a large model from a cold object store can take minutes
 VERSIONED_PACKAGES = ("pseudolabel", "torch", "open_clip_torch", "ray", "pyarrow", "numpy", "pillow", "webdataset")
@@ -90,18 +92,29 @@ class RunSummary:
         return self.shard_failure_rate > max_failure_rate or self.sample_failure_rate > max_failure_rate
 
 
-@holds_output_lock  # OUTPUT/_lock.json for the whole run; adds break_lock=, lock_stale_after_s=
 def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
-                 lock_lost: Optional[threading.Event] = None) -> RunSummary:
+                 break_lock: bool = False, lock_stale_after_s: Optional[float] = None) -> RunSummary:
     """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
-    `lock_lost` (set by the run lock's heartbeat) stops handing out shards."""
+
+    The whole run holds OUTPUT/_lock.json (`break_lock`, `lock_stale_after_s`: see
+    `pipeline.run.lock.RunLock`); when another run takes it over, no more shards are handed out
+    and the run ends with `LockHeldError`."""
+    out = OutputDir(output, cfg.io.storage_options)
+    with out.locked(break_lock=break_lock, stale_after_s=lock_stale_after_s) as lock:
+        return _run_locked(input_spec, out, cfg, overwrite=overwrite, ray_address=ray_address,
+                           progress=progress or Progress(), engine_factory=engine_factory,
+                           log_level=log_level, lock_lost=lock.lost)
+
+
+def _run_locked(input_spec: str, storage: OutputDir, cfg: Config, *, overwrite: bool, ray_address: Optional[str],
+                progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
+                lock_lost: threading.Event) -> RunSummary:
     t0 = time.monotonic()
-    progress = progress or Progress()
+    output = storage.root
     shards = expand_input(input_spec, cfg.io.storage_options)
-    storage = Storage(output, cfg.io.storage_options)
-    dataset = _read_json(storage, DATASET_JSON)
+    dataset = _read_dataset(storage)
     records = _done_records(storage, shards)
     _check_compatible(dataset, records, cfg, output, overwrite)
     if overwrite and (dataset is not None or records):
@@ -111,42 +124,50 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
     pending = [s for s in shards if s.name not in records]
     log.info("%d shards in %s: %d complete, %d to label", len(shards), input_spec, len(records), len(pending))
     progress.start(len(pending), len(records))
-    results: list[ShardResult] = []
+    results = RunTally()
     label_seconds = 0.0
     if pending or dataset is None:
         results, described, label_seconds = _label_on_ray(pending, cfg, output, ray_address, progress,
                                                           engine_factory, log_level, lock_lost)
-        if lock_lost is not None and lock_lost.is_set():
+        if lock_lost.is_set():
             # Another run owns OUTPUT now: leave dataset.json and _stats.json to it.
             raise LockHeldError(f"lost the lock on {output} to another run; stopped handing out shards")
         dataset = _ensure_dataset_json(storage, dataset, cfg, described, output, overwrite)
+    _refresh_done_index(storage)
     summary = _summarize(input_spec, output, shards, records, results, dataset)
     summary.seconds = round(time.monotonic() - t0, 3)
     summary.labeling_seconds = round(label_seconds, 3)
     if label_seconds > 0:
         summary.images_per_s = round((summary.images_ok + summary.images_failed) / label_seconds, 2)
-    storage.write_bytes(STATS_JSON, json.dumps(_stats_doc(summary), indent=1).encode())
+    storage.write_bytes(layout.STATS_JSON, json.dumps(_stats_doc(summary), indent=1).encode())
     storage.clean_tmp()
     return summary
 
 
 # -- planning ---------------------------------------------------------------------------------
 
-def _done_records(storage: Storage, shards: list[ShardSpec]) -> dict[str, dict[str, Any]]:
-    """Completion records of the planned shards (read in parallel: object stores are slow per call)."""
-    present = set(storage.listdir("_done"))
-    names = [s.name for s in shards if f"{s.name}.json" in present]
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        docs = list(pool.map(lambda n: _read_json(storage, done_path(n)), names))
-    return {n: d for n, d in zip(names, docs) if d is not None}
+def _done_records(storage: Storage, shards: list[ShardSpec]) -> DoneIndex:
+    """Completion records of the planned shards: the `_done/` listing plus the compacted index;
+    only records the index lacks are read, in one batched call (pipeline.run.done_index)."""
+    index = load_done_index(storage)
+    if index.changed:
+        index.save(storage)  # the next resume reads none of them again
+    return index.restrict(s.name for s in shards)
 
 
-def _check_compatible(dataset: Optional[dict[str, Any]], records: dict[str, dict[str, Any]], cfg: Config,
+def _refresh_done_index(storage: Storage) -> None:
+    """Fold this run's new records into the index (reads only those, in one batched call)."""
+    index = load_done_index(storage)
+    if index.changed:
+        index.save(storage)
+
+
+def _check_compatible(dataset: Optional[DatasetMeta], records: dict[str, dict[str, Any]], cfg: Config,
                       output: str, overwrite: bool) -> None:
     if overwrite:
         return
     mine = cfg.fingerprint()
-    theirs = {dataset.get("config_fingerprint")} if dataset else set()
+    theirs = {dataset.config_fingerprint} if dataset else set()
     theirs |= {r.get("config_fingerprint") for r in records.values()}
     theirs.discard(mine)
     if theirs:
@@ -161,7 +182,7 @@ def _clear_outputs(storage: Storage) -> None:
     for sub in OUTPUT_DIRS:
         for name in storage.listdir(sub):
             storage.remove(f"{sub}/{name}")
-    for name in (DATASET_JSON, STATS_JSON):
+    for name in (DATASET_JSON, STATS_JSON, INDEX_PATH):
         storage.remove(name)
     log.warning("--overwrite: removed previous outputs under %s", storage.url)
 
@@ -170,7 +191,7 @@ def _clear_outputs(storage: Storage) -> None:
 
 def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_address: Optional[str],
                   progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
-                  stop: Optional[threading.Event] = None) -> tuple[list[ShardResult], dict[str, Any], float]:
+                  stop: Optional[threading.Event] = None) -> tuple[RunTally, dict[str, Any], float]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -195,7 +216,9 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
             described = ray.get(ready[0].describe.remote())
             dispatcher = Dispatcher(ready, board, cfg.ray.max_shard_retries,
                                     on_progress=progress.update, on_result=progress.shard_finished,
-                                    stall_timeout_s=cfg.ray.stall_timeout_s, stop=stop)
+                                    stall_timeout_s=cfg.ray.stall_timeout_s, stop=stop,
+                                    max_actor_restarts=cfg.ray.max_actor_restarts,
+                                    shard_stall_timeout_s=cfg.ray.shard_stall_timeout_s)
             t0 = time.monotonic()
             results = dispatcher.run(pending)
             return results, described, time.monotonic() - t0
@@ -266,29 +289,28 @@ def _actor_plan(cfg: Config, pending: int) -> tuple[int, dict[str, Any]]:
 
 # -- dataset.json, stats ------------------------------------------------------------------------
 
-def _ensure_dataset_json(storage: Storage, dataset: Optional[dict[str, Any]], cfg: Config,
-                         described: dict[str, Any], output: str, overwrite: bool) -> dict[str, Any]:
+def _ensure_dataset_json(storage: OutputDir, dataset: Optional[DatasetMeta], cfg: Config,
+                         described: dict[str, Any], output: str, overwrite: bool) -> DatasetMeta:
     if dataset is not None:
-        if dataset.get("model") != described["model"] and not overwrite:
-            raise UserError(f"OUTPUT {output} was labeled with model {dataset.get('model')}, the workers loaded "
+        if dataset.model != described["model"] and not overwrite:
+            raise UserError(f"OUTPUT {output} was labeled with model {dataset.model}, the workers loaded "
                             f"{described['model']}; use a new OUTPUT or --overwrite")
         return dataset
     fmt = LabelFormat(described["num_classes"], cfg.labels.min_confidence, cfg.io.png_compression)
-    doc = {
-        "schema_version": DATASET_SCHEMA_VERSION,
-        "vocabulary": [{"index": i, "name": n, "synonyms": s, "color": c} for i, (n, s, c) in
-                       enumerate(zip(described["names"], described["synonyms"], described["colors"]))],
-        "num_classes": described["num_classes"],
-        "ignore_index": fmt.ignore_index,
-        "label_dtype": fmt.dtype_name,
-        "config": cfg.to_dict(),
-        "config_fingerprint": cfg.fingerprint(),
-        "model": described["model"],
-        "versions": _versions(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.write_bytes(DATASET_JSON, json.dumps(doc, indent=1).encode())
-    return doc
+    meta = DatasetMeta(
+        vocabulary=[VocabEntry(i, n, list(s), tuple(c)) for i, (n, s, c) in  # type: ignore[arg-type]
+                    enumerate(zip(described["names"], described["synonyms"], described["colors"]))],
+        num_classes=described["num_classes"],
+        ignore_index=fmt.ignore_index,
+        label_dtype=fmt.dtype_name,
+        config=cfg.to_dict(),
+        config_fingerprint=cfg.fingerprint(),
+        model=described["model"],
+        versions=_versions(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    storage.write_dataset_meta(meta)
+    return meta
 
 
 def _versions() -> dict[str, str]:
@@ -303,33 +325,38 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _summarize(input_spec: str, output: str, shards: list[ShardSpec], records: dict[str, dict[str, Any]],
-               results: list[ShardResult], dataset: Optional[dict[str, Any]]) -> RunSummary:
+def _summarize(input_spec: str, output: str, shards: list[ShardSpec], records: DoneIndex | dict[str, dict[str, Any]],
+               results: RunTally, dataset: Optional[DatasetMeta]) -> RunSummary:
+    """Dataset totals from the records before this run plus this run's tally (no per-shard results)."""
     s = RunSummary(input=input_spec, output=output, shards_total=len(shards), shards_skipped=len(records))
-    complete = [r for r in records.values()] + [asdict(r) for r in results if r.status in (DONE, FAILED)]
-    for r in results:
-        s.images_ok += r.ok
-        s.images_failed += r.errors
-        _add_counts(s.error_kinds, r.error_kinds)
-        _add_counts(s.conversions, r.conversions)
-        s.shards_labeled += r.status in (DONE, FAILED)
-    for r in [*records.values(), *(asdict(r) for r in results)]:
+    s.images_ok, s.images_failed = results.ok, results.errors
+    s.error_kinds, s.conversions = dict(results.error_kinds), dict(results.conversions)
+    s.shards_labeled = results.shards_complete
+    class_pixels = list(results.class_pixels)
+    s.dataset_images_ok, s.dataset_images_failed = results.ok, results.errors
+    for r in records.values():
+        s.dataset_images_ok += int(r.get("ok", 0))
+        s.dataset_images_failed += int(r.get("errors", 0))
+        _add_pixels(class_pixels, r.get("class_pixels") or [])
         if r.get("status") in (FAILED, UNREADABLE, CRASHED):
             s.failed_shards.append({"shard": r["shard"], "source": r.get("source"), "status": r["status"],
                                     "reason": r.get("failure")})
-    s.dataset_images_ok = sum(int(r.get("ok", 0)) for r in complete)
-    s.dataset_images_failed = sum(int(r.get("errors", 0)) for r in complete)
-    s.class_pixel_share = _class_share(complete, dataset)
+    for f in results.failed:
+        s.failed_shards.append({"shard": f.shard, "source": f.source, "status": f.status, "reason": f.failure})
+    s.class_pixel_share = _class_share(class_pixels, dataset)
     return s
 
 
-def _class_share(complete: list[dict[str, Any]], dataset: Optional[dict[str, Any]]) -> dict[str, float]:
-    names = [v["name"] for v in (dataset or {}).get("vocabulary", [])]
-    totals = [0] * len(names)
-    for r in complete:
-        for i, n in enumerate(r.get("class_pixels") or []):
-            if i < len(totals):
-                totals[i] += int(n)
+def _add_pixels(into: list[int], more: list[int]) -> None:
+    if len(more) > len(into):
+        into.extend([0] * (len(more) - len(into)))
+    for i, n in enumerate(more):
+        into[i] += int(n)
+
+
+def _class_share(totals: list[int], dataset: Optional[DatasetMeta]) -> dict[str, float]:
+    names = dataset.names if dataset else []
+    totals = (list(totals) + [0] * len(names))[:len(names)]
     all_pixels = sum(totals)
     return {n: round(t / all_pixels, 6) for n, t in zip(names, totals)} if all_pixels else {}
 
@@ -348,10 +375,8 @@ def _stats_doc(s: RunSummary) -> dict[str, Any]:
     return doc
 
 
-def _read_json(storage: Storage, rel: str) -> Optional[dict[str, Any]]:
+def _read_dataset(storage: OutputDir) -> Optional[DatasetMeta]:
     try:
-        return json.loads(storage.read_bytes(rel))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{storage.path(rel)} is not valid JSON ({exc}); delete it to relabel that part") from exc
+        return storage.dataset_meta_or_none()
+    except UserError as exc:
+        raise UserError(f"{exc}; delete it to relabel that part") from exc
