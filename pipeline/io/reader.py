@@ -1,42 +1,60 @@
-"""Iterate the samples of one WebDataset tar shard, robustly.
+"""Iterate the samples of one WebDataset tar shard, robustly, accounting for every member.
 
 Members are grouped into samples the WebDataset way: the key is the member path up to the first
 dot of its file name, the extension is the rest, and consecutive members with the same key form
 one sample. Only the image member is kept (the first of io.image_extensions present, in that
-order of preference); other members are skipped without being held in memory.
+order of preference, matched without regard to case); its extension is recorded exactly as it
+is spelled in the tar (`x.JPG` -> `image_member: "JPG"`), so readers of the manifest find the
+member again. Other members are skipped without being held in memory.
+
+Every member is accounted for: it belongs to a sample row, or it is counted in
+`ReadReport.skipped` by reason (`SKIP_REASONS`: not a regular file, hidden, no extension). A
+member whose key and extension already appeared in the sample being read (`c.jpg` twice in a
+row) starts a new sample, which, like any later sample reusing a key, is a `duplicate_key` row.
+Keys with a `..` component or an absolute path are `unsafe_key` rows: they never become mask
+member names. An image member declaring more than `max_member_bytes` is a `too_large` row and is
+skipped unread.
 
 Tar-level problems never raise out of `iter_samples`: they end the iteration and are recorded in
 the `ReadReport`. Samples read before the problem are yielded as usual; the sample being read
 when the tar broke becomes a `truncated_tar` error row unless its image member was read whole.
 Python's `tarfile` treats an archive cut exactly at a header as a normal end, so a clean end is
-confirmed by looking for the end-of-archive zero block ourselves.
+confirmed by looking for the end-of-archive zero block ourselves. A failure of the input stream
+itself (`TransientReadError`: a `pipe:` command that exited non-zero, a dropped connection) does
+raise: the shard must be retried, not recorded as truncated.
 """
 from __future__ import annotations
 
 import bz2
-import collections
 import gzip
 import lzma
 import posixpath
 import tarfile
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
+from pipeline.io.layout import ErrorKind
 from pipeline.io.records import SampleError, SampleResult
 from pipeline.io.storage import open_input
+from pipeline.io.tarstream import Cursor, Source
 
-TRUNCATED_TAR = "truncated_tar"
-DUPLICATE_KEY = "duplicate_key"
+TRUNCATED_TAR = ErrorKind.TRUNCATED_TAR
+DUPLICATE_KEY = ErrorKind.DUPLICATE_KEY
+UNSAFE_KEY = ErrorKind.UNSAFE_KEY
 BLOCK = 512
-# Everything a broken or unreachable stream can raise while being read or decompressed.
+DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20  # io.max_member_bytes's default (pipeline/config.py)
+# Everything a broken stream can raise while being parsed or decompressed. Not TransientReadError.
 STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
+# Why a member belongs to no sample: the keys of ReadReport.skipped and of `skipped_members`.
+SKIP_REASONS = ("directory", "symlink", "hardlink", "device", "fifo", "other_type", "hidden", "no_extension")
 
 
 @dataclass
 class ReadReport:
-    members: int = 0  # regular-file members seen
+    members: int = 0  # tar members seen (every type); each is in a sample row or in `skipped`
     samples: int = 0  # samples yielded
+    skipped: dict[str, int] = field(default_factory=dict)  # members in no sample, by SKIP_REASONS
     failure: Optional[str] = None  # why the tar could not be read to its end; None when it was
 
     @property
@@ -44,46 +62,54 @@ class ReadReport:
         """Failed before a single member: nothing of the shard could be read."""
         return self.failure is not None and self.members == 0
 
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
 
 @dataclass
 class _Pending:
     key: str
     index: int
-    ext: Optional[str] = None
+    ext: Optional[str] = None  # extension of the kept image member, as spelled in the tar
     data: Optional[bytes] = None
     rank: int = 1 << 30  # preference of the kept image extension (lower is better)
     broken: bool = False  # a member of this sample was cut off by the end of the data
+    too_large: Optional[str] = None  # why the preferred image member was not read
+    exts: set[str] = field(default_factory=set)  # extensions seen in this sample, lower case
 
 
 @dataclass
 class _Shape:
     extensions: list[str]
+    max_member_bytes: int
     seen: set[str] = field(default_factory=set)
 
 
 def iter_samples(url: str, extensions: list[str], report: ReadReport,
-                 options: Optional[dict[str, Any]] = None) -> Iterator[SampleResult]:
-    """Yield one SampleResult per sample of the shard at `url`, in order; fill `report` as it goes."""
-    shape = _Shape([e.lower().lstrip(".") for e in extensions])
+                 options: Optional[dict[str, Any]] = None, *,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SampleResult]:
+    """Yield one SampleResult per sample of the shard at `url`, in order; fill `report` as it goes.
+    Raises `pipeline.errors.TransientReadError` when the input stream itself failed."""
+    shape = _Shape([e.lower().lstrip(".") for e in extensions], max_member_bytes)
     pending: Optional[_Pending] = None
     try:
         with open_input(url, options) as raw:
-            stream = _TailTracker(_decompressed(raw))
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    report.members += 1
-                    key, ext = split_member_name(member.name)
-                    if key is None:
-                        continue
-                    if pending is not None and key != pending.key:
-                        yield _finish(pending, url, shape, report)
-                        pending = None
-                    if pending is None:
-                        pending = _Pending(key, report.samples)
-                    _read_member(tar, member, ext, pending, shape)
-                _check_end(stream, tar.offset)
+            cursor = _cursor(raw, url, max_member_bytes)
+            tar = tarfile.open(fileobj=cursor, mode="r:")  # type: ignore[call-overload]
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # tarfile keeps every header; one shard may have millions
+                report.members += 1
+                key, ext, reason = _sample_member(member)
+                if key is None:
+                    report.skip(reason)
+                    continue
+                if pending is not None and (key != pending.key or ext.lower() in pending.exts):
+                    yield _finish(pending, url, shape, report)
+                    pending = None
+                if pending is None:
+                    pending = _Pending(key, report.samples)
+                _read_member(cursor, tar, member, ext, pending, shape)
+            _check_end(cursor, tar.offset)
     except STREAM_ERRORS as exc:
         report.failure = f"{type(exc).__name__}: {exc}"
         if pending is not None and pending.data is None:
@@ -101,97 +127,103 @@ def split_member_name(name: str) -> tuple[Optional[str], str]:
     return (posixpath.join(directory, stem) if directory else stem), ext
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, pending: _Pending, shape: _Shape) -> None:
-    ext = ext.lower()
-    if ext not in shape.extensions:
-        return  # skipped: tarfile reads past its data when asked for the next member
-    rank = shape.extensions.index(ext)
+def unsafe_key(key: str) -> bool:
+    """A key that would escape the folder a tool extracts a mask shard into (`../x`, `/etc/x`)."""
+    parts = key.replace("\\", "/").split("/")
+    return key.startswith(("/", "\\")) or ".." in parts
+
+
+def _sample_member(member: tarfile.TarInfo) -> tuple[Optional[str], str, str]:
+    """(key, extension, "") for a member of a sample, else (None, "", reason it is skipped)."""
+    if not member.isreg():
+        return None, "", _type_reason(member)
+    key, ext = split_member_name(member.name)
+    if key is None:
+        return None, "", "hidden" if posixpath.basename(member.name).startswith(".") else "no_extension"
+    return key, ext, ""
+
+
+def _type_reason(member: tarfile.TarInfo) -> str:
+    if member.isdir():
+        return "directory"
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hardlink"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "fifo"
+    return "other_type"
+
+
+def _read_member(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str,
+                 pending: _Pending, shape: _Shape) -> None:
+    pending.exts.add(ext.lower())
+    if ext.lower() not in shape.extensions or pending.key in shape.seen or unsafe_key(pending.key):
+        return  # skipped: the next header is found by seeking past this member's data
+    rank = shape.extensions.index(ext.lower())
     if rank >= pending.rank:
         return
-    f = tar.extractfile(member)
-    if f is None:
+    pending.ext, pending.rank, pending.data = ext, rank, None
+    if member.size > shape.max_member_bytes:
+        pending.too_large = (f"member {member.name} declares {member.size} bytes, more than "
+                             f"io.max_member_bytes={shape.max_member_bytes}")
         return
+    pending.too_large = None
     try:
-        data = f.read()
+        pending.data = _member_bytes(cursor, tar, member)
     except STREAM_ERRORS:
         pending.broken = True
         raise
-    pending.ext, pending.data, pending.rank = ext, data, rank
+
+
+def _member_bytes(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if member.issparse():
+        f = tar.extractfile(member)  # holes to fill in: let tarfile assemble it
+        return f.read() if f is not None else b""
+    cursor.seek(member.offset_data)
+    data = cursor.read(member.size)
+    if len(data) != member.size:
+        raise tarfile.ReadError(f"unexpected end of data in member {member.name} "
+                                f"({len(data)} of {member.size} bytes)")
+    return data
 
 
 def _finish(pending: _Pending, url: str, shape: _Shape, report: ReadReport) -> SampleResult:
     result = SampleResult(key=pending.key, sample_index=pending.index, source_shard=url,
-                          image_member=pending.ext, data=pending.data)
+                          image_member=pending.ext if pending.data is not None else None, data=pending.data)
     report.samples += 1
     if pending.broken:
         result.fail(SampleError(TRUNCATED_TAR, "the shard ended inside this sample"))
+    elif unsafe_key(pending.key):
+        result.fail(SampleError(UNSAFE_KEY, f"key {pending.key!r} has a '..' component or is an absolute "
+                                            "path; it would be unsafe as a member name of the mask shard"))
     elif pending.key in shape.seen:
         # Two samples with one key would collide in the mask shard; the first one wins.
         result.fail(SampleError(DUPLICATE_KEY, f"key {pending.key!r} already appeared earlier in this shard"))
+    elif pending.too_large is not None:
+        result.fail(SampleError(ErrorKind.TOO_LARGE, pending.too_large))
     elif pending.data is None:
-        result.fail(SampleError("no_image", f"no member with extension {'/'.join(shape.extensions)}"))
+        result.fail(SampleError(ErrorKind.NO_IMAGE, f"no member with extension {'/'.join(shape.extensions)}"))
     shape.seen.add(pending.key)
     return result
 
 
-def _check_end(stream: "_TailTracker", offset: int) -> None:
-    block = stream.bytes_at(offset, BLOCK)
+def _check_end(cursor: Cursor, offset: int) -> None:
+    block = cursor.bytes_at(offset, BLOCK)
     if len(block) < BLOCK or block.count(0) != BLOCK:
         raise tarfile.ReadError(f"archive ends at byte {offset} without an end-of-archive block (truncated)")
 
 
-def _decompressed(raw: IO[bytes]) -> Any:
-    """Undo gzip/bz2/xz here rather than in tarfile, so offsets seen by _TailTracker are tar offsets."""
-    head = raw.read(6)
-    stream = _Prefixed(head, raw)  # fsspec and pipe streams cannot all peek: put the head back
+def _cursor(raw: Any, url: str, max_read: int) -> Cursor:
+    """Undo gzip/bz2/xz here rather than in tarfile, so the cursor's offsets are tar offsets."""
+    source = Source(raw, url)
+    head = source.peek(6)
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=stream, mode="rb")
+        return Cursor(gzip.GzipFile(fileobj=source, mode="rb"), max_read)  # type: ignore[arg-type]
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(stream, mode="rb")
+        return Cursor(bz2.BZ2File(source, mode="rb"), max_read)  # type: ignore[arg-type]
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(stream, mode="rb")
-    return stream
-
-
-class _Prefixed:
-    """A read-only stream that first returns `head`, then the rest of `raw`."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]):
-        self.head, self.raw = head, raw
-
-    def read(self, n: int = -1) -> bytes:
-        if not self.head:
-            return self.raw.read(n)
-        if n is None or n < 0:
-            out, self.head = self.head + self.raw.read(), b""
-            return out
-        out, self.head = self.head[:n], self.head[n:]
-        return out
-
-
-class _TailTracker:
-    """Read-through wrapper remembering the last few chunks with their offsets."""
-
-    def __init__(self, raw: Any, keep: int = 6):
-        self.raw = raw
-        self.pos = 0
-        self.chunks: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        if data:
-            self.chunks.append((self.pos, data))
-            self.pos += len(data)
-        return data
-
-    def bytes_at(self, offset: int, n: int) -> bytes:
-        """Bytes [offset, offset + n) of the stream, as far as they were read and are still kept;
-        reads on when the stream has not got that far yet."""
-        while self.pos < offset + n and self.read(max(n, 1 << 16)):
-            pass
-        out = bytearray()
-        for start, data in self.chunks:
-            lo, hi = max(offset, start), min(offset + n, start + len(data))
-            if lo < hi:
-                out += data[lo - start:hi - start]
-        return bytes(out)
+        return Cursor(lzma.LZMAFile(source, mode="rb"), max_read)  # type: ignore[arg-type]
+    return Cursor(source, max_read, source)

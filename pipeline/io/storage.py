@@ -20,7 +20,7 @@ from typing import IO, Any, Iterator, Optional
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.errors import UserError
+from pipeline.errors import TransientReadError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,53 @@ def open_input(url: str, options: Optional[dict[str, Any]] = None) -> contextlib
     return fsspec.open(url, "rb", **storage_options_for(url, options))
 
 
+PIPE_EXIT_WAIT_S = 5.0  # a command whose output ended has exited or is about to; one still writing is killed
+PIPE_DRAIN_LIMIT = 64 * 2**20  # bytes after the tar's end read so that the exit status is the command's own
+
+
 @contextlib.contextmanager
 def _open_pipe(cmd: str) -> Iterator[IO[bytes]]:
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None  # guaranteed by stdout=PIPE
+    """The stdout of `cmd`. Its exit status is checked however reading ended: a non-zero status
+    means the stream may have been cut short by the transport (a dropped `aws s3 cp` or `curl`), so
+    it raises `TransientReadError` (retry), also when the tar read so far looked truncated. stderr
+    goes to a temporary file: a chatty command can never block on a full stderr pipe."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None  # guaranteed by stdout=PIPE
+        try:
+            yield proc.stdout
+            # Drain (boundedly) so that the status reflects the whole command, not a SIGPIPE.
+            drained = 0
+            while drained <= PIPE_DRAIN_LIMIT and (chunk := proc.stdout.read(1 << 20)):
+                drained += len(chunk)
+            rc = _pipe_status(proc)
+            if rc not in (None, 0):
+                raise TransientReadError(_pipe_failure(cmd, rc, errors))
+        except TransientReadError:
+            raise
+        except Exception as exc:
+            rc = _pipe_status(proc)
+            if rc not in (None, 0):
+                raise TransientReadError(_pipe_failure(cmd, rc, errors)) from exc
+            raise
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+def _pipe_status(proc: subprocess.Popen) -> Optional[int]:
+    """The exit status, or None for a command that is still running after PIPE_EXIT_WAIT_S."""
     try:
-        yield proc.stdout
-        # Drain so that the exit status reflects the whole command, then report a failing command
-        # as an I/O error: its output may have been cut short.
-        proc.stdout.read()
-        rc = proc.wait()
-        if rc != 0:
-            err = proc.stderr.read().decode(errors="replace").strip()[:200] if proc.stderr else ""
-            raise OSError(f"pipe command exited with status {rc}: {err}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        return proc.wait(timeout=PIPE_EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _pipe_failure(cmd: str, rc: int, errors: IO[bytes]) -> str:
+    errors.seek(0, os.SEEK_END)
+    errors.seek(max(0, errors.tell() - 300))
+    tail = errors.read().decode(errors="replace").strip().splitlines()
+    last = f": {tail[-1][:200]}" if tail else ""
+    return f"pipe command {cmd!r} exited with status {rc}{last}; its output may be cut short, the shard is retried"
