@@ -27,11 +27,17 @@ CHUNK = 1 << 20  # largest single read from the input while skipping or reading 
 KEEP = 1 << 12  # bytes kept behind the position: tarfile steps back 1, the end check 512
 
 
-def _seekable(raw: Any) -> bool:
+def _size(raw: Any) -> Optional[int]:
+    """The input's length when it can seek (fsspec files know it without a request), else None."""
     try:
-        return bool(raw.seekable())
-    except Exception:  # noqa: BLE001 - an object without a working seekable() cannot seek
-        return False
+        if not raw.seekable():
+            return None
+        here = raw.tell()
+        end = raw.seek(0, 2)
+        raw.seek(here)
+        return int(end)
+    except Exception:  # noqa: BLE001 - an input that cannot say is read forward only
+        return None
 
 
 class Source:
@@ -39,8 +45,8 @@ class Source:
 
     def __init__(self, raw: IO[bytes], url: str):
         self.raw, self.url = raw, url
-        self.pos = 0  # bytes consumed by readers of this object
-        self.can_seek = _seekable(raw)
+        self.pos = 0  # bytes consumed by readers of this object (= the raw position once `head` is empty)
+        self.size = _size(raw)  # None: not seekable
         self._head = b""
 
     def peek(self, n: int) -> bytes:
@@ -62,10 +68,12 @@ class Source:
 
     def skip(self, n: int) -> bool:
         """Move `n` bytes forward by seeking; False when this input cannot (the caller reads)."""
-        if not self.can_seek or self._head:
+        if self.size is None or self._head:
             return False
         try:
-            self.raw.seek(n, 1)
+            # Never past the end (some files refuse offsets beyond their file system's limit);
+            # reads there return b"" all the same.
+            self.raw.seek(min(self.pos + n, self.size))
         except Exception as exc:  # noqa: BLE001 - any failure of the input itself is transport
             raise TransientReadError(f"seeking in {self.url} at byte {self.pos} failed: "
                                      f"{type(exc).__name__}: {exc}; the shard is retried") from exc
