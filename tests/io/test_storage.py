@@ -33,3 +33,27 @@ def test_object_store_write_is_one_put(monkeypatch):
     st.write_bytes("manifest/a.parquet", b"data")
     assert puts == ["/bucket/out/manifest/a.parquet"]
     assert st.read_bytes("manifest/a.parquet") == b"data"
+
+
+@pytest.mark.timeout(60)
+def test_pipe_exit_status_is_checked_and_stderr_cannot_block(tmp_path):
+    from pipeline.errors import TransientReadError
+    from pipeline.io.storage import open_input
+
+    # 1 MB on stderr would fill a stderr pipe nobody reads and hang the command for ever
+    chatty = "head -c 1000000 /dev/zero >&2; printf hello"
+    with open_input(f"pipe:{chatty}") as f:
+        assert f.read() == b"hello"
+    with pytest.raises(TransientReadError, match=r"status 7: boom"):
+        with open_input("pipe:printf data; echo boom >&2; exit 7") as f:
+            assert f.read() == b"data"
+    # a reader that gave up on the bytes (a parse error) still learns that the command failed
+    with pytest.raises(TransientReadError, match="status 2") as info:
+        with open_input("pipe:printf abc; exit 2") as f:
+            f.read()
+            raise ValueError("not a tar")
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(ValueError):  # ... and a command that succeeded leaves the parse error as it was
+        with open_input("pipe:printf abc") as f:
+            f.read()
+            raise ValueError("not a tar")
