@@ -12,7 +12,12 @@ times. Two kernels compute it, with the same numbers:
   neighbour: 2.5x faster than `shifted` on CPU, where PAMR is most of the engine's time.
 - `shifted`: neighbour by neighbour over shifted views, 16 element-wise passes per iteration;
   `compiled` fuses them with torch.compile.
-`auto` picks `sparse` for shapes seen before (see `_resolve`).
+- `stencil`: affinities and iterations as one pure function of the image and the logits (no
+  in-place updates), which torch.compile turns into one kernel per iteration that reads the 16
+  neighbours of each pixel (replicate padding becomes clamped indices) and writes each pixel once;
+  plus a few kernels for the affinities. Compiled on CUDA always, on CPU with `compiled`.
+  On a GPU this replaces cuSPARSE's zero-filled output and CSR product per iteration.
+`auto` picks `stencil` on CUDA, and on CPU `sparse` for shapes seen before (see `_resolve`).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PamrKernel = Literal["auto", "sparse", "shifted"]
+PamrKernel = Literal["auto", "sparse", "shifted", "stencil"]
 
 # Neighbour offsets in the order of the reference kernels (row-major 3x3 without the centre).
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -62,11 +67,16 @@ def pamr_affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int] = (8, 16),
          kernel: PamrKernel = "sparse", compiled: bool = False) -> Tensor:
     """Refine logits (B, Q, H, W) with the affinities of `image` (B, 3, H, W) of the same size.
-    `compiled` (shifted kernel only) fuses the propagation's element-wise passes with torch.compile."""
+    `compiled` fuses the shifted kernel's element-wise passes, or the stencil on CPU, with torch.compile."""
     if iterations <= 0:
         return logits
+    chosen = _resolve(kernel, logits.shape[-2:], tuple(dilations), logits.device)
+    if chosen == "stencil":
+        with torch.autocast(logits.device.type, enabled=False):  # float32, as the other kernels
+            fuse = compiled or logits.device.type == "cuda"
+            return stencil_pamr(image.float(), logits.float(), tuple(dilations), iterations, fuse)
     aff = pamr_affinity(image.float(), tuple(dilations))  # (B, P, H, W)
-    if _resolve(kernel, logits.shape[-2:], tuple(dilations), logits.device) == "sparse":
+    if chosen == "sparse":
         # float32 throughout, also under autocast: the CSR product has no half-precision CPU kernel.
         with torch.autocast(logits.device.type, enabled=False):
             return propagate_sparse(logits.float(), aff, tuple(dilations), iterations)
@@ -75,10 +85,14 @@ def pamr(image: Tensor, logits: Tensor, iterations: int, dilations: Sequence[int
 
 
 def _resolve(kernel: PamrKernel, size: Sequence[int], dilations: tuple[int, ...], device: torch.device) -> str:
-    """`auto` is sparse for a shape seen before and shifted the first time: the sparse pattern costs
-    about one shifted run to build, which only repeated shapes (crops, resized corpora) pay back."""
+    """`auto` is the compiled stencil on CUDA (one fused kernel per iteration; the compile is paid once
+    per process and shape family). On CPU it is sparse for a shape seen before and shifted the first
+    time: the sparse pattern costs about one shifted run to build, which only repeated shapes (crops,
+    resized corpora) pay back."""
     if kernel != "auto":
         return kernel
+    if device.type == "cuda":
+        return "stencil"
     key = (int(size[0]), int(size[1]), dilations, str(device))
     if key in _SEEN:
         _SEEN.move_to_end(key)
@@ -101,6 +115,43 @@ def propagate(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], itera
             out.addcmul_(weights[:, n : n + 1], nb)
         logits = out
     return logits
+
+
+def stencil_pamr(image: Tensor, logits: Tensor, dilations: tuple[int, ...], iterations: int,
+                 compiled: bool = False) -> Tensor:
+    """PAMR as pure element-wise expressions over shifted views. `compiled` runs the affinities and
+    each iteration through torch.compile: one graph per iteration step, compiled once per shape
+    family and reused for every iteration (unrolling all iterations into one graph makes the
+    compile 10x longer for the same kernels). Eager, it computes the same numbers as `shifted`."""
+    affinity, step = pamr_affinity_pure, stencil_step
+    if compiled:
+        affinity, step = _compiled(affinity), _compiled(step)
+    weights = affinity(image, dilations)  # (B, P, H, W)
+    for _ in range(iterations):
+        logits = step(logits, weights, dilations)
+    return logits
+
+
+def stencil_step(logits: Tensor, weights: Tensor, dilations: tuple[int, ...]) -> Tensor:
+    """One propagation: sum over the P neighbours of weight * shifted logits, (B, Q, H, W)."""
+    neighbours = [v for d in dilations for v in _shifted(logits, d, False)]
+    out = weights[:, :1] * neighbours[0]
+    for n in range(1, len(neighbours)):
+        out = out + weights[:, n : n + 1] * neighbours[n]
+    return out
+
+
+def pamr_affinity_pure(image: Tensor, dilations: tuple[int, ...]) -> Tensor:
+    """`pamr_affinity` without in-place updates (the same formula), for the compiled stencil."""
+    neighbours = [v for d in dilations for v in _shifted(image, d, False)]
+    count = len(neighbours) + len(dilations)
+    mean = (sum(neighbours) + image * len(dilations)) / count
+    var = (image - mean).square() * len(dilations)
+    for v in neighbours:
+        var = var + (v - mean).square()
+    denom = (var / (count - 1)).sqrt() * 0.1 + 1e-8
+    scores = torch.stack([((image - v).abs() / denom).mean(dim=1) for v in neighbours], dim=1)
+    return torch.softmax(-scores, dim=1)
 
 
 def propagate_sparse(logits: Tensor, weights: Tensor, dilations: tuple[int, ...], iterations: int) -> Tensor:
@@ -184,4 +235,6 @@ def _pattern(h: int, w: int, dilations: tuple[int, ...], device: str) -> _Patter
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn):
-    return torch.compile(fn, dynamic=False)
+    # dynamic=None: the first shape compiles static; a second shape recompiles once with symbolic
+    # sizes, so batch sizes and image sizes share one kernel per function in a process.
+    return torch.compile(fn, dynamic=None)

@@ -103,3 +103,33 @@ def test_auto_kernel_builds_the_sparse_pattern_only_for_repeated_shapes():
     assert _resolve("auto", size, dil, cpu) == "shifted"  # first sight: a one-off size never pays the build
     assert _resolve("auto", size, dil, cpu) == "sparse"
     assert _resolve("shifted", size, dil, cpu) == "shifted" and _resolve("sparse", (5, 5), dil, cpu) == "sparse"
+
+
+def _stencil_case(seed: int, batch: int, size: tuple[int, int]):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, *size, generator=g), torch.randn(batch, 5, *size, generator=g)
+
+
+def test_stencil_kernel_equals_sparse_eager():
+    image, logits = _stencil_case(4, 2, (37, 30))
+    sparse = pamr(image, logits, 10, (8, 16), "sparse")
+    stencil = pamr(image, logits, 10, (8, 16), "stencil")
+    assert not torch.allclose(sparse, logits, atol=1e-3)
+    assert (stencil - sparse).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_stencil_equals_sparse_within_1e5():
+    """What CUDA runs (`auto` picks the compiled stencil there), compiled here by the CPU backend."""
+    image, logits = _stencil_case(3, 2, (40, 36))
+    compiled = pamr(image, logits, 10, (8, 16), "stencil", compiled=True)
+    sparse = pamr(image, logits, 10, (8, 16), "sparse")
+    assert compiled.dtype == torch.float32 and compiled.shape == logits.shape
+    assert (compiled - sparse).abs().max() <= 1e-5
+
+
+def test_auto_picks_stencil_on_cuda_only():
+    from pipeline.engine.pamr import _resolve
+
+    assert _resolve("auto", (224, 224), (8, 16), torch.device("cuda")) == "stencil"
+    assert _resolve("auto", (11, 13), (8, 16), torch.device("cpu")) in ("sparse", "shifted")
