@@ -34,6 +34,7 @@ RANDOM_TAGS = ("random", "none")
 # Settings that change how fast labels are made, not the labels (left out of the identity).
 PERFORMANCE_KEYS = frozenset({"inference.max_crops_per_forward", "inference.compile", "inference.pamr_kernel"})
 _ABSENT = "(absent)"
+STUDENT_VOCABULARY = "(the classes stored in the student file)"
 
 
 class IdentityMismatch(UserError):
@@ -91,6 +92,10 @@ def resolve_identity(cfg: Config) -> Identity:
     """The identity this config labels under, from the files as they are now (driver side)."""
     from pipeline.vocabulary import load_templates, load_vocabulary, resolve_vocabulary_path
 
+    student = getattr(cfg.model, "student", None)
+    if student:  # a student file carries its own classes: its hash covers them
+        weights = f"sha256:{checkpoint_sha256(_existing_file(Path(student).expanduser(), 'model.student'))}"
+        return build_identity(cfg, STUDENT_VOCABULARY, [], weights, {"model.student": str(student)})
     vocab = load_vocabulary(cfg.vocabulary)
     templates = template_texts(load_templates(cfg.vocabulary.templates))
     weights, checkpoint = resolve_weights(cfg.model)
@@ -104,10 +109,13 @@ def loaded_identity(cfg: Config, engine: Any) -> Identity:
     the hash of the weights it read."""
     from pipeline.vocabulary import load_templates
 
+    ident = dict(getattr(engine, "model_identity", {}) or {})
+    if getattr(cfg.model, "student", None):
+        return build_identity(cfg, STUDENT_VOCABULARY, [], f"sha256:{ident.get('checkpoint_sha256')}",
+                              {"model.student": ident.get("pretrained")})
     texts = getattr(engine, "template_texts", None)
     if texts is None:  # an engine that does not say which templates it used: what the config names
         texts = template_texts(load_templates(cfg.vocabulary.templates))
-    ident = dict(getattr(engine, "model_identity", {}) or {})
     sha = ident.get("checkpoint_sha256")
     if sha:
         weights = f"sha256:{sha}"
@@ -117,10 +125,10 @@ def loaded_identity(cfg: Config, engine: Any) -> Identity:
     return build_identity(cfg, engine.vocabulary.synonyms, list(texts), weights, sources)
 
 
-def build_identity(cfg: Config, synonyms: Sequence[Sequence[str]], templates: Sequence[str], weights: str,
+def build_identity(cfg: Config, synonyms: Sequence[Sequence[str]] | str, templates: Sequence[str], weights: str,
                    sources: Optional[dict[str, Optional[str]]] = None) -> Identity:
     values: dict[str, Any] = {
-        "vocabulary": [list(s) for s in synonyms],
+        "vocabulary": synonyms if isinstance(synonyms, str) else [list(s) for s in synonyms],
         "vocabulary.templates": list(templates),
         "model.weights": weights,
         "model.name": cfg.model.name,
@@ -147,11 +155,15 @@ def resolve_weights(model: ModelConfig) -> tuple[str, Optional[str]]:
         return _tag_weights(model, "random"), None
     path = Path(model.pretrained).expanduser()
     if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} does not exist or is not a file (model.pretrained is a "
-                            "checkpoint path or an open_clip tag such as openai)")
-        return f"sha256:{checkpoint_sha256(path)}", str(path.resolve())
+        return f"sha256:{checkpoint_sha256(_existing_file(path, 'model.pretrained'))}", str(path.resolve())
     return _tag_weights(model, model.pretrained), None
+
+
+def _existing_file(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist or is not a file ({key} is a checkpoint path"
+                        f"{' or an open_clip tag such as openai' if key == 'model.pretrained' else ''})")
+    return path
 
 
 def _tag_weights(model: ModelConfig, tag: str) -> str:

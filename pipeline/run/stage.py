@@ -71,9 +71,12 @@ def decode_threads(cfg: Config, device: Any) -> int:
 
 class ShardLabeler:
     def __init__(self, engine: Any, cfg: Config, storage: Storage, worker: str = "",
-                 progress: Optional[ProgressFn] = None):
+                 progress: Optional[ProgressFn] = None, fingerprint: Optional[str] = None):
         self.engine = engine
         self.cfg = cfg
+        # The content fingerprint the completion records carry: the one the worker computed from
+        # what it loaded (pipeline.identity), else the engine's own.
+        self.fingerprint = fingerprint or _engine_fingerprint(engine, cfg)
         self.storage = storage
         self.worker = worker
         self.progress = progress or (lambda p: None)
@@ -238,7 +241,7 @@ class ShardLabeler:
     def _finish(self, result: ShardResult, t0: float) -> None:
         result.finished_at = utc_now_iso()
         result.seconds = round(time.monotonic() - t0, 3)
-        record = DoneRecord.of(result, self.cfg.fingerprint())
+        record = DoneRecord.of(result, self.fingerprint)
         # Written last: its presence is what makes the shard complete.
         self.storage.write_bytes(done_path(result.shard), record.to_json())
         level = logging.WARNING if result.status == FAILED else logging.INFO
@@ -259,6 +262,13 @@ class ShardLabeler:
 def done_record(result: ShardResult, fingerprint: str) -> dict[str, Any]:
     """The completion record `_done/NAME.json` (schemas/done-v1.json) as a mapping."""
     return DoneRecord.of(result, fingerprint).to_dict()
+
+
+def _engine_fingerprint(engine: Any, cfg: Config) -> str:
+    from pipeline.identity import loaded_identity, resolve_identity
+
+    # An engine that does not expose its vocabulary (test doubles): the identity of the config's files.
+    return (loaded_identity(cfg, engine) if hasattr(engine, "vocabulary") else resolve_identity(cfg)).fingerprint
 
 
 def min_side(engine: Any, cfg: Config) -> int:

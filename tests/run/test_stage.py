@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.identity import loaded_identity
 from pipeline.evaluation.outputs import decode_label_png
 from pipeline.io.shards import ShardSpec
 from pipeline.run.stage import DONE, FAILED, UNREADABLE, ShardLabeler
@@ -76,7 +77,7 @@ def test_every_bad_input_kind_becomes_a_row(engine, tiny_cfg, tmp_path):
     assert result.status == DONE and (result.ok, result.errors) == (7, 6)
     assert result.conversions == {"L": 1, "RGBA": 1, "CMYK": 1, "I;16": 1, "P": 1}
     done = json.loads((out / "_done" / "s.json").read_text())
-    assert done["samples"] == 13 and done["ok"] == 7 and done["config_fingerprint"] == cfg.fingerprint()
+    assert done["samples"] == 13 and done["ok"] == 7 and done["config_fingerprint"] == done["fingerprint"] == loaded_identity(cfg, engine).fingerprint
 
 
 @pytest.mark.timeout(60)
