@@ -16,6 +16,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from pipeline.io.atomic import atomic_local_path
+
 log = logging.getLogger(__name__)
 
 
@@ -68,8 +70,7 @@ def _cache_key(model_key, queries, templates) -> Optional[str]:
 def _save_atomic(tensor: Tensor, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
+        with atomic_local_path(path) as tmp:
+            torch.save(tensor, tmp)
     except OSError as exc:  # a read-only home must not stop labeling
         log.warning("text feature cache not written (%s): %s", path, exc)

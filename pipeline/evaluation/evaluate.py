@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.evaluation.ground_truth import GT_IGNORE, ClassMap, GtSpec, open_ground_truth
 from pipeline.evaluation.metrics import Metrics, compute_metrics, confusion_counts, threshold_prediction
+from pipeline.io.atomic import write_atomic
 from pipeline.evaluation.outputs import OutputDir, iter_masks, ok_rows, per_shard
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,7 @@ class EvalResult:
         }
 
     def write_json(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
+        write_atomic(path, (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n").encode())
 
 
 def evaluate_output(

@@ -21,6 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import TransientReadError, UserError
+from pipeline.io.atomic import commit_local
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,7 @@ class Storage:
         final = self.path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            # Data must reach the disk before the name does, or a power cut can leave an empty file.
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            commit_local(tmp, final)  # fsync, then rename: the data reaches the disk before the name
         else:
             self.fs.put_file(tmp, final)
 

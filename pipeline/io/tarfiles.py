@@ -10,13 +10,15 @@ the last member and per-member error handling to tell a truncated shard from a c
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal, overload
+
+from pipeline.io.atomic import atomic_local_path
 
 # For short ASCII names PAX writes plain ustar headers (the same bytes as USTAR_FORMAT); unlike
 # USTAR it can still store names over 100 characters and members over 8 GiB.
@@ -38,22 +40,15 @@ def write_tar(path: str | os.PathLike[str], members: Iterable[tuple[str, bytes]]
     """Write the `(name, bytes)` members, in order, to a local tar at `path`; return the path.
 
     With `atomic` the tar is written under a temporary name in the same folder and renamed into
-    place, so a reader (or a re-run after a crash) sees the whole file or none of it; a failure
-    part way leaves `path` as it was. There is no fsync: this guards against a crashed process,
-    not a power cut. Outputs on object stores go through `Storage.atomic_path` instead.
+    place (`pipeline.io.atomic`), so a reader (or a re-run after a crash) sees the whole file or
+    none of it; a failure part way leaves `path` as it was. Outputs on object stores go through
+    `Storage.atomic_path` instead.
     """
     path = Path(path)
-    target = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}") if atomic else path
-    try:
+    with atomic_local_path(path) if atomic else contextlib.nullcontext(path) as target:
         with tarfile.open(target, "w", format=TAR_FORMAT) as tar:
             for name, data in members:
                 tar.addfile(*tar_member(name, data))
-    except BaseException:
-        if atomic:
-            target.unlink(missing_ok=True)
-        raise
-    if atomic:
-        os.replace(target, path)
     return path
 
 

@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 from pipeline.io.layout import done_path, manifest_path, mask_shard_path  # noqa: F401 - re-exported
 from pipeline.io.records import ManifestRow, SampleResult
 from pipeline.io.schema import manifest_schema
-from pipeline.io.storage import Storage
+from pipeline.io.output_dir import OutputDir
 from pipeline.io.tarfiles import TAR_FORMAT, tar_member
 
 
 class MaskTarWriter:
     """Context manager: `add(result)` for every ok sample in order; committed on a clean exit only."""
 
-    def __init__(self, storage: Storage, rel_path: str):
+    def __init__(self, storage: OutputDir, rel_path: str):
         self.storage = storage
         self.rel_path = rel_path
         self._stack = contextlib.ExitStack()
@@ -59,5 +59,5 @@ def manifest_bytes(rows: Sequence[ManifestRow | Mapping[str, Any]]) -> bytes:
     return buf.getvalue().to_pybytes()
 
 
-def write_manifest(storage: Storage, rel_path: str, rows: Sequence[ManifestRow | Mapping[str, Any]]) -> None:
+def write_manifest(storage: OutputDir, rel_path: str, rows: Sequence[ManifestRow | Mapping[str, Any]]) -> None:
     storage.write_bytes(rel_path, manifest_bytes(rows))

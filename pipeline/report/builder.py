@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.evaluation.evaluate import EVAL_FILE
+from pipeline.io.atomic import write_atomic
 from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, decode_image, image_members, iter_masks, iter_tar_members, ok_rows, per_shard,
     resolve_source,
@@ -102,9 +103,7 @@ def build_report(
     data = collect(output, out, options)
     draw_plots(data, out)
     index = out / "index.html"
-    tmp = out / "index.html.tmp"
-    tmp.write_text(render_html(data), encoding="utf-8")
-    tmp.replace(index)
+    write_atomic(index, render_html(data).encode("utf-8"))
     log.info("report written to %s", index)
     return index
 

@@ -24,10 +24,10 @@ from pipeline.config import Config
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
 from pipeline.io.masks import LabelFormat, encode_masks
 from pipeline.io.reader import ReadReport, iter_samples
-from pipeline.io.layout import ErrorKind, ShardStatus, done_path, manifest_path, mask_shard_path
+from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard_path
 from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
 from pipeline.io.shards import ShardSpec
-from pipeline.io.storage import Storage
+from pipeline.io.output_dir import OutputDir
 from pipeline.timestamps import utc_now_iso
 from pipeline.io.writers import MaskTarWriter, write_manifest
 
@@ -70,7 +70,7 @@ def decode_threads(cfg: Config, device: Any) -> int:
 
 
 class ShardLabeler:
-    def __init__(self, engine: Any, cfg: Config, storage: Storage, worker: str = "",
+    def __init__(self, engine: Any, cfg: Config, storage: OutputDir, worker: str = "",
                  progress: Optional[ProgressFn] = None, fingerprint: Optional[str] = None):
         self.engine = engine
         self.cfg = cfg
@@ -243,7 +243,7 @@ class ShardLabeler:
         result.seconds = round(time.monotonic() - t0, 3)
         record = DoneRecord.of(result, self.fingerprint)
         # Written last: its presence is what makes the shard complete.
-        self.storage.write_bytes(done_path(result.shard), record.to_json())
+        self.storage.write_done(record)
         level = logging.WARNING if result.status == FAILED else logging.INFO
         log.log(level, "shard %s: %s, %d samples (%d ok, %d errors) in %.1fs%s", result.shard, result.status,
                 result.samples, result.ok, result.errors, result.seconds,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image
 
+from pipeline.io.atomic import write_atomic
 from pipeline.io.tarfiles import iter_members, write_tar
 from pipeline.toyworld.classes import CLASSES, NAMES, vocabulary_text
 from pipeline.toyworld.generator import SCENE_SIZE, Scene, generate_scene, split_seed
@@ -131,6 +131,4 @@ def _image_members(scene: Scene, image_format: ImageFormat, jpeg_quality: int) -
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)

@@ -10,7 +10,7 @@ from pipeline.identity import loaded_identity
 from pipeline.evaluation.outputs import decode_label_png
 from pipeline.io.shards import ShardSpec
 from pipeline.run.stage import DONE, FAILED, UNREADABLE, ShardLabeler
-from pipeline.io.storage import Storage
+from pipeline.io.output_dir import OutputDir
 from pipeline.io.tarfiles import iter_members, write_tar
 from tests.support import encode, rgb_image
 
@@ -22,7 +22,7 @@ def label(engine, cfg, tmp_path, members, name="s", mutate=None):
     write_tar(shard, members)
     if mutate:
         shard.write_bytes(mutate(shard.read_bytes()))
-    out = Storage(str(tmp_path / "out"))
+    out = OutputDir(str(tmp_path / "out"))
     labeler = ShardLabeler(engine, cfg, out, "test")
     try:
         return labeler.label(ShardSpec(str(shard), name)), tmp_path / "out"
