@@ -82,6 +82,9 @@ class InferenceConfig:
     slide_crop: int = 224  # 0 = whole image in one pass (positional embeddings interpolated)
     slide_stride: int = 112
     short_side: int = 336  # resize so the short side has this length; 0 = keep the input size
+    # ... but so that the long side is at most this (mmseg's Resize(scale=(2048, 336), keep_ratio=True)
+    # of the authors' configs: factor min(long_side / long, short_side / short)); 0 = no cap.
+    long_side: int = 2048
     logit_scale: float = 40.0
     prob_thd: float = 0.0  # pixels whose best class probability is below this become class 0
     pamr_steps: int = 0  # PAMR refinement of the final logits; 0 = off
@@ -101,6 +104,9 @@ class InferenceConfig:
 class IOConfig:
     image_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default limit)
+    # An image member declaring more bytes is a too_large row, skipped unread (checked on the tar
+    # header, before reading). 256 MiB: a 89-Mpixel PNG at ~3 bytes/pixel still fits.
+    max_member_bytes: int = 268_435_456
     decode_threads: int = 0  # decoding/encoding threads per actor; 0 = auto: cores per GPU, or 2 on CPU
     prefetch_batches: int = 2  # decoded batches queued ahead of inference
     png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
@@ -199,11 +205,13 @@ RANGES: dict[str, Range] = {
     "inference.slide_crop": Range(0, note="0 = whole image"),
     "inference.slide_stride": Range(1, note="at most slide_crop when sliding"),
     "inference.short_side": Range(0, note="0 = keep the input size"),
+    "inference.long_side": Range(0, note="0 = no cap"),
     "inference.logit_scale": Range(0, open_low=True),
     "inference.prob_thd": Range(0, 1),
     "inference.pamr_steps": Range(0, note="0 = off"),
     "inference.max_crops_per_forward": Range(0, note="0 = auto"),
     "io.max_image_pixels": Range(1),
+    "io.max_member_bytes": Range(1024, 2**40),
     "io.decode_threads": Range(0, note="0 = auto"),
     "io.prefetch_batches": Range(1),
     "io.png_compression": Range(0, 9),

@@ -21,11 +21,14 @@ from pipeline.config import Config, InferenceConfig
 from pipeline.engine.dense_vit import DenseViT
 from pipeline.engine.loading import LoadedClip, load_clip
 from pipeline.engine.pamr import pamr
+from pipeline.engine.postprocess import BandedPost, PostSettings
 from pipeline.engine.sfr import patch_majority, pixel_labels, sfr_prior
 from pipeline.engine.text import encode_queries
 from pipeline.engine.timing import SectionTimer
 from pipeline.engine.windows import Crop, plan_crops
 from pipeline.errors import UserError
+from pipeline.io.layout import ErrorKind
+from pipeline.io.records import SampleError
 from pipeline.vocabulary import Vocabulary, load_templates, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -34,15 +37,22 @@ SFR_PAMR_STEPS = 10  # the reference refines the first-pass segmentation with 10
 PAMR_DILATIONS = (8, 16)
 
 
-class ImageTooSmall(ValueError):
-    """The image has no full patch after resizing."""
+class ImageTooSmall(SampleError, ValueError):
+    """The image has no full patch after resizing: a `too_small` row in `run` (data, not the engine)."""
+
+    def __init__(self, message: str):
+        super().__init__(ErrorKind.TOO_SMALL, message)
 
 
 @dataclass
 class Segmentation:
-    pred: np.ndarray  # int64 (H, W) class index
-    confidence: np.ndarray  # float32 (H, W) probability of `pred`
+    pred: np.ndarray  # (H, W) class index: uint8 up to 256 classes, else uint16 (other engines: any int)
+    # (H, W) probability of `pred`: uint8 round(255 p) from the Segmenter (what crosses from its
+    # device), float32 from engines that keep floats (the student)
+    confidence: np.ndarray
     probs: Optional[np.ndarray] = None  # float32 (C, H, W), when asked for
+    mean_confidence: Optional[float] = None  # of the float confidence, when `confidence` is uint8
+    ignored: Optional[np.ndarray] = None  # (H, W) bool: confidence < labels.min_confidence (None: none)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +89,11 @@ class Segmenter:
         # faster for a batch of 8 images than 12 crops at once); a GPU wants the whole batch.
         self._sfr_chunk = 1 if device.type == "cpu" else 1 << 30
         self.pamr_kernel = _pamr_kernel(cfg.inference, device)
+        inf = cfg.inference
+        settings = PostSettings(inf.logit_scale, inf.prob_thd, cfg.labels.min_confidence, inf.post_band_pixels,
+                                pamr_halo=inf.pamr_steps * max(PAMR_DILATIONS) if inf.pamr_steps > 0 else 0)
+        self.post = BandedPost(self.query_class, self.num_classes, settings,
+                               refine=lambda img, lg: self._pamr(img, lg, inf.pamr_steps))
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Segmenter":
@@ -95,15 +110,17 @@ class Segmenter:
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> list[Segmentation]:
-        """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size."""
+        """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size.
+        Post-processing runs in bands of output rows (`postprocess`): memory O(classes x band)."""
         with self.timer.section("preprocess"):
             prepared = [self.prepare(img) for img in images]
         logits = self.logits(prepared)
         outs = []
         with self.timer.section("postprocess"):
             for img, x, lg in zip(images, prepared, logits):
-                probs = self.class_probs(lg, img.shape[:2], x)
-                outs.append(self._finish(probs, return_probs))
+                band = self.post(lg, img.shape[:2], x if self.cfg.inference.pamr_steps > 0 else None, return_probs)
+                outs.append(Segmentation(pred=band.pred, confidence=band.confidence, probs=band.probs,
+                                         mean_confidence=band.mean_confidence, ignored=band.ignored))
         return outs
 
     def prepare(self, image: np.ndarray) -> Tensor:
@@ -117,7 +134,7 @@ class Segmenter:
             x = x.pin_memory()  # page-locked: the copy below runs asynchronously
         x = x.to(self.device, non_blocking=True)
         x = x.permute(2, 0, 1)[None].float()
-        size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side)
+        size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side, self.cfg.inference.long_side)
         if size != tuple(image.shape[:2]):
             # Bilinear without antialiasing, like the cv2 resize of the authors' mmseg pipeline.
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -207,7 +224,9 @@ class Segmenter:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def class_probs(self, logits: Tensor, out_size: tuple[int, int], image: Tensor) -> Tensor:
-        """Query logits (Q, h, w) -> class probabilities (C, H, W): upsample, [PAMR], softmax, synonym max."""
+        """Query logits (Q, h, w) -> class probabilities (C, H, W): upsample, [PAMR], softmax, synonym max.
+        The untiled form, with `_finish`: the reference structure's, and the tests' oracle for the
+        banded path that `predict` uses (four (Q, H, W) tensors: 16 GB each at 24 MP x 171 classes)."""
         inf = self.cfg.inference
         logits = logits[None].float()
         if tuple(logits.shape[-2:]) != tuple(out_size):
@@ -234,10 +253,17 @@ class Segmenter:
         )
 
 
-def _resized(height: int, width: int, short_side: int) -> tuple[int, int]:
-    if short_side <= 0:
+def _resized(height: int, width: int, short_side: int, long_side: int = 0) -> tuple[int, int]:
+    """(h, w) to infer at: the short side brought to `short_side`, unless that takes the long side
+    past `long_side` (mmseg's keep-ratio rescale: factor min(long_side / long, short_side / short)),
+    so a 10000x20 strip becomes 2048x4, not 168000x336. short_side 0 keeps the size, long_side
+    still capping it; both 0: the input size."""
+    factors = [short_side / min(height, width)] if short_side > 0 else []
+    if long_side > 0 and (factors or max(height, width) > long_side):
+        factors.append(long_side / max(height, width))
+    if not factors:
         return height, width
-    scale = short_side / min(height, width)
+    scale = min(factors)
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 

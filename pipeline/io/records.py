@@ -150,6 +150,9 @@ class ShardResult:
     class_pixels: list[int] = field(default_factory=list)  # per class index, over ok samples
     error_kinds: dict[str, int] = field(default_factory=dict)
     conversions: dict[str, int] = field(default_factory=dict)  # source Pillow mode -> count, non-RGB only
+    members: int = 0  # tar members read: each belongs to a sample row or is counted in skipped_members
+    # Members in no sample, by reason (pipeline.io.reader.SKIP_REASONS: symlink, directory, hidden, ...).
+    skipped_members: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:

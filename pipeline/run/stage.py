@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.errors import ShardInferenceError, TransientReadError
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
 from pipeline.io.masks import LabelFormat, encode_masks
 from pipeline.io.reader import ReadReport, iter_samples
@@ -49,6 +50,35 @@ class ShardProgress:
 
 
 ProgressFn = Callable[[ShardProgress], None]
+
+# A shard is not complete when the engine, not the data, failed: more than this share of the
+# images it was given, or this many in a row (an engine that broke part way through a shard).
+MAX_INFERENCE_FAILURE_SHARE = 0.5
+MAX_INFERENCE_FAILURE_STREAK = 8
+
+
+@dataclass
+class EngineHealth:
+    """Inference failures of one shard, seen in input order."""
+
+    failed: int = 0  # images the engine failed on
+    given: int = 0  # images that reached the engine (ok + failed)
+    streak: int = 0  # consecutive failures up to the last image given
+    worst: int = 0  # longest run of consecutive failures
+
+    def saw(self, sample: SampleResult) -> None:
+        if sample.ok:
+            self.given, self.streak = self.given + 1, 0
+        elif sample.error is not None and sample.error.kind == INFERENCE:
+            self.given, self.failed, self.streak = self.given + 1, self.failed + 1, self.streak + 1
+            self.worst = max(self.worst, self.streak)
+
+    def check(self, result: ShardResult) -> None:
+        if self.failed > MAX_INFERENCE_FAILURE_SHARE * self.given or self.worst >= MAX_INFERENCE_FAILURE_STREAK:
+            raise ShardInferenceError(
+                f"shard {result.shard}: the engine failed on {self.failed} of the {self.given} images it was "
+                f"given ({self.worst} in a row): a broken engine, not bad images; the shard is not marked "
+                "complete and is retried")
 
 
 class _Unreadable(Exception):
@@ -95,16 +125,23 @@ class ShardLabeler:
                              class_pixels=[0] * self.fmt.num_classes)
         log.info("shard %s: start (%s)", shard.name, shard.url)
         report = ReadReport()
-        samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options)
+        samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options,
+                               max_member_bytes=self.cfg.io.max_member_bytes)
         rows: list[ManifestRow] = []
+        self.health = EngineHealth()
         try:
             with MaskTarWriter(self.storage, mask_shard_path(shard.name)) as tar:
                 for done in self._labeled(self._decoded(samples)):
                     self._write(done, tar, rows, result)
                 if report.unreadable:
                     raise _Unreadable()
+                self.health.check(result)  # raises before anything of a shard a broken engine labeled is kept
         except _Unreadable:
             return self._finish_unreadable(result, report, t0)
+        except (TransientReadError, ShardInferenceError) as exc:
+            log.warning("shard %s: %s; nothing written, not complete", shard.name, exc)
+            raise
+        result.members, result.skipped_members = report.members, dict(report.skipped)
         write_manifest(self.storage, manifest_path(shard.name), rows)
         if report.failure:
             result.status, result.failure = FAILED, report.failure
@@ -194,6 +231,8 @@ class ShardLabeler:
             outs = self.engine.predict(images, return_probs=False)
         except Exception as exc:  # noqa: BLE001 - any engine failure on data is a sample error
             if len(images) == 1:
+                if isinstance(exc, SampleError):
+                    return [exc]  # the engine says the image is at fault (e.g. too_small after the resize)
                 log.warning("engine failed on an image (%s x %s): %s", *images[0].shape[:2], exc)
                 return [SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")]
             return [out for img in images for out in self._predict([img])]
@@ -233,6 +272,7 @@ class ShardLabeler:
                 result.errors += 1
                 kind = sample.error.kind if sample.error else "unknown"
                 result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+            self.health.saw(sample)
             rows.append(sample.to_row(mask_shard_path(result.shard)))
             sample.label_png = sample.conf_png = None
         result.samples = len(rows)
