@@ -75,6 +75,11 @@ class RunSummary:
     class_pixel_share: dict[str, float] = field(default_factory=dict)  # over dataset images
     error_kinds: dict[str, int] = field(default_factory=dict)  # this run
     conversions: dict[str, int] = field(default_factory=dict)  # this run
+    # Member accounting (pipeline.io.reader): tar members read, and those in no sample by reason.
+    members: int = 0  # this run's complete shards
+    skipped_members: dict[str, int] = field(default_factory=dict)  # this run's complete shards
+    dataset_members: int = 0  # every complete shard
+    dataset_skipped_members: dict[str, int] = field(default_factory=dict)
 
     @property
     def sample_failure_rate(self) -> float:
@@ -334,9 +339,13 @@ def _summarize(input_spec: str, output: str, shards: list[ShardSpec], records: D
     s.shards_labeled = results.shards_complete
     class_pixels = list(results.class_pixels)
     s.dataset_images_ok, s.dataset_images_failed = results.ok, results.errors
+    s.members, s.skipped_members = results.members, dict(results.skipped_members)
+    s.dataset_members, s.dataset_skipped_members = results.members, dict(results.skipped_members)
     for r in records.values():
         s.dataset_images_ok += int(r.get("ok", 0))
         s.dataset_images_failed += int(r.get("errors", 0))
+        s.dataset_members += int(r.get("members") or 0)
+        _add_counts(s.dataset_skipped_members, r.get("skipped_members") or {})
         _add_pixels(class_pixels, r.get("class_pixels") or [])
         if r.get("status") in (FAILED, UNREADABLE, CRASHED):
             s.failed_shards.append({"shard": r["shard"], "source": r.get("source"), "status": r["status"],

@@ -41,6 +41,8 @@ class RunTally:
     class_pixels: list[int] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
     conversions: dict[str, int] = field(default_factory=dict)
+    members: int = 0  # tar members read by complete shards
+    skipped_members: dict[str, int] = field(default_factory=dict)  # reason -> members in no sample
     failed: list[ShardResult] = field(default_factory=list)  # FAILED, UNREADABLE, CRASHED results
     results: int = 0  # results seen (complete or not)
 
@@ -54,8 +56,16 @@ class RunTally:
             self.class_pixels.extend([0] * (len(r.class_pixels) - len(self.class_pixels)))
         for i, n in enumerate(r.class_pixels):
             self.class_pixels[i] += int(n)
+        if r.status in (DONE, FAILED):  # an incomplete shard's members are read again by its retry
+            self.members += r.members
+            _add_counts(self.skipped_members, r.skipped_members)
         for into, more in ((self.error_kinds, r.error_kinds), (self.conversions, r.conversions)):
             for k, v in more.items():
                 into[k] = into.get(k, 0) + v
         if r.status in (FAILED, UNREADABLE, CRASHED):
             self.failed.append(r)
+
+
+def _add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + int(v)
