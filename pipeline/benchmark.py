@@ -35,7 +35,7 @@ from pipeline.demo_corpus import scene
 from pipeline.io.tarfiles import write_tar
 from pipeline.io.shards import ShardSpec
 from pipeline.run.stage import ShardLabeler
-from pipeline.io.storage import Storage
+from pipeline.io.output_dir import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _end_to_end(seg: Segmenter, cfg: Config, images: Sequence[np.ndarray], batch
         write_tar(shard, members)
         saved = cfg.batch_size
         cfg.batch_size = batch
-        labeler = _TimedLabeler(seg, cfg, Storage(str(Path(tmp) / "out")))
+        labeler = _TimedLabeler(seg, cfg, OutputDir(str(Path(tmp) / "out")))
         try:
             start = time.perf_counter()
             result = labeler.label(ShardSpec(name="bench-000000", url=str(shard)))

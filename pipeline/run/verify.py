@@ -31,7 +31,10 @@ from pipeline.errors import UserError
 from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.io.schema import manifest_schema
 from pipeline.io.shards import ShardSpec, expand_input
-from pipeline.io.storage import Storage
+from pipeline.io import layout
+from pipeline.io.layout import RowStatus, done_path, manifest_path, mask_shard_path
+from pipeline.io.output_dir import OutputDir
+from pipeline.io.records import DatasetMeta
 from pipeline.io.tarfiles import iter_members
 
 log = logging.getLogger(__name__)
@@ -163,16 +166,16 @@ def verify_output(
     workers: int = 8,
 ) -> VerifyReport:
     """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster)."""
-    out = Storage(output_url, storage_options)
+    out = OutputDir(output_url, storage_options)
     out.fs.invalidate_cache()  # fsspec reuses filesystem instances: drop listings cached earlier
     report = VerifyReport(output_url, input_spec)
     inputs: dict[str, ShardSpec] = {}
     if input_spec is not None:
         inputs = {s.name: s for s in expand_input(input_spec, storage_options)}
     info, problems = _read_dataset_json(out)
-    manifests = _names(out, "manifest", ".parquet")
-    masks = _names(out, "masks", ".tar")
-    records = _names(out, "_done", ".json")
+    manifests = out.shard_names(layout.MANIFEST_DIR, layout.MANIFEST_SUFFIX)
+    masks = out.shard_names(layout.MASKS_DIR, layout.MASK_SUFFIX)
+    records = out.shard_names(layout.DONE_DIR, layout.DONE_SUFFIX)
     produced = manifests | masks | records
     if not produced and not inputs:
         report.add([Problem("empty_output", None, None, f"no manifest/, masks/ or _done/ files under {output_url}")])
@@ -201,7 +204,7 @@ def verify_output(
 
 # -- per shard ------------------------------------------------------------------------------------
 def _check_shard(
-    out: Storage, name: str, spec: Optional[ShardSpec], with_input: bool, info: _DatasetInfo,
+    out: OutputDir, name: str, spec: Optional[ShardSpec], with_input: bool, info: _DatasetInfo,
     has: tuple[bool, bool, bool], storage_options: Optional[dict[str, Any]], decode: bool,
 ) -> ShardCheck:
     has_manifest, has_mask, has_record = has
@@ -218,11 +221,11 @@ def _check_shard(
     if not has_manifest and spec is not None:
         keys = _input_keys_or_none(spec, storage_options, check)
         check.input_samples = len(keys or [])
-        check.add("missing_row", f"manifest/{name}.parquet does not exist: none of the "
+        check.add("missing_row", f"{manifest_path(name)} does not exist: none of the "
                                  f"{check.input_samples} input samples has a row")
     if rows is not None:
         check.rows = len(rows)
-        check.ok_rows = sum(1 for r in rows if r["status"] == "ok")
+        check.ok_rows = sum(1 for r in rows if r["status"] == RowStatus.OK)
         check.error_rows = check.rows - check.ok_rows
         _check_rows(name, rows, check)
         if spec is not None:
@@ -238,17 +241,17 @@ def _check_shard(
 
 
 def _check_rows(name: str, rows: list[dict[str, Any]], check: ShardCheck) -> None:
-    mask_rel = f"masks/{name}.tar"
+    mask_rel = mask_shard_path(name)
     for r in rows:
         key = r["key"]
-        if r["status"] == "ok":
+        if r["status"] == RowStatus.OK:
             missing = [f for f in ("width", "height", "label_member", "conf_member", "mask_shard")
                        if r[f] is None]
             if missing:
                 check.add("bad_row", f"ok row without {', '.join(missing)}", key)
             elif r["mask_shard"] != mask_rel:
                 check.add("bad_row", f"ok row points at mask shard {r['mask_shard']!r}, not {mask_rel!r}", key)
-        elif r["status"] == "error":
+        elif r["status"] == RowStatus.ERROR:
             if r["label_member"] is not None or r["conf_member"] is not None:
                 check.add("bad_row", "error row names mask members", key)
             if not r["error"]:
@@ -304,26 +307,27 @@ def _check_increasing(rows: list[dict[str, Any]], check: ShardCheck) -> None:
 
 
 def _check_masks(
-    out: Storage, name: str, rows: list[dict[str, Any]], has_mask: bool, info: _DatasetInfo,
+    out: OutputDir, name: str, rows: list[dict[str, Any]], has_mask: bool, info: _DatasetInfo,
     check: ShardCheck, decode: bool,
 ) -> None:
     expected: dict[str, tuple[str, dict[str, Any]]] = {}  # member -> (which, row)
     order: list[str] = []
     for r in rows:
-        if r["status"] == "ok" and r["label_member"] and r["conf_member"]:
+        if r["status"] == RowStatus.OK and r["label_member"] and r["conf_member"]:
             for which in ("label", "conf"):
                 member = r[f"{which}_member"]
                 expected[member] = (which, r)
                 order.append(member)
+    mask_rel = mask_shard_path(name)
     if not has_mask:
         if expected:
-            check.add("missing_member", f"masks/{name}.tar does not exist but {len(expected)} members "
+            check.add("missing_member", f"{mask_rel} does not exist but {len(expected)} members "
                                         "are referenced by ok rows")
         return
     found: list[str] = []
     present: set[str] = set()
     try:
-        with out.fs.open(out.path(f"masks/{name}.tar"), "rb") as f:
+        with out.open(mask_rel) as f:
             for member, data in iter_members(f):
                 check.members += 1
                 if member in present:
@@ -337,13 +341,13 @@ def _check_masks(
                 which, row = expected[member]
                 _check_png(member, data, which, row, info, check, decode)
     except (OSError, tarfile.TarError) as exc:
-        check.add("missing_member", f"masks/{name}.tar cannot be read past member {len(found)}: {exc}")
+        check.add("missing_member", f"{mask_rel} cannot be read past member {len(found)}: {exc}")
     for member in order:
         if member not in present:
-            check.add("missing_member", f"{member} is not in masks/{name}.tar", expected[member][1]["key"])
+            check.add("missing_member", f"{member} is not in {mask_rel}", expected[member][1]["key"])
     in_both = [m for m in found if m in expected]
     if in_both != [m for m in order if m in present]:
-        check.add("order", f"members of masks/{name}.tar are not in manifest order")
+        check.add("order", f"members of {mask_rel} are not in manifest order")
 
 
 def _check_png(
@@ -380,7 +384,7 @@ def _check_label_values(member: str, label: np.ndarray, info: _DatasetInfo, key:
 
 
 def _check_record(
-    out: Storage, name: str, rows: Optional[list[dict[str, Any]]], has: tuple[bool, bool, bool],
+    out: OutputDir, name: str, rows: Optional[list[dict[str, Any]]], has: tuple[bool, bool, bool],
     info: _DatasetInfo, check: ShardCheck,
 ) -> None:
     has_manifest, has_mask, has_record = has
@@ -389,11 +393,11 @@ def _check_record(
             check.add("missing_record", "outputs exist but _done/NAME.json does not (incomplete shard)")
         return
     try:
-        record = json.loads(out.read_bytes(f"_done/{name}.json"))
+        record = json.loads(out.read_bytes(done_path(name)))
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        check.add("record_mismatch", f"_done/{name}.json is unreadable: {exc}")
+        check.add("record_mismatch", f"{done_path(name)} is unreadable: {exc}")
         return
     check.complete = True
     expect = {"shard": name}
@@ -403,27 +407,26 @@ def _check_record(
         expect["config_fingerprint"] = info.fingerprint
     for field_name, value in expect.items():
         if record.get(field_name) != value:
-            check.add("record_mismatch", f"_done/{name}.json says {field_name}={record.get(field_name)!r}, "
+            check.add("record_mismatch", f"{done_path(name)} says {field_name}={record.get(field_name)!r}, "
                                          f"the files say {value!r}")
-    for field_name, rel, present in (("manifest", f"manifest/{name}.parquet", has_manifest),
-                                     ("mask_shard", f"masks/{name}.tar", has_mask)):
+    for field_name, rel, present in (("manifest", manifest_path(name), has_manifest),
+                                     ("mask_shard", mask_shard_path(name), has_mask)):
         recorded = record.get(field_name)
         if recorded is not None and not str(recorded).endswith(rel):
-            check.add("record_mismatch", f"_done/{name}.json names {field_name} {recorded!r}, expected {rel!r}")
+            check.add("record_mismatch", f"{done_path(name)} names {field_name} {recorded!r}, expected {rel!r}")
         if not present and (field_name == "manifest" or check.ok_rows):
-            check.add("record_mismatch", f"_done/{name}.json exists but {rel} does not")
+            check.add("record_mismatch", f"{done_path(name)} exists but {rel} does not")
 
 
 # -- reading --------------------------------------------------------------------------------------
-def _read_dataset_json(out: Storage) -> tuple[_DatasetInfo, list[Problem]]:
+def _read_dataset_json(out: OutputDir) -> tuple[_DatasetInfo, list[Problem]]:
     try:
-        meta = json.loads(out.read_bytes("dataset.json"))
-        dtype = meta["label_dtype"]
+        meta = DatasetMeta.from_json(out.read_bytes(layout.DATASET_JSON), strict=True)
         info = _DatasetInfo(
-            label_mode={"uint8": "L", "uint16": "I;16"}[dtype],
-            num_classes=int(meta["num_classes"]),
-            ignore_index=int(meta["ignore_index"]),
-            fingerprint=meta.get("config_fingerprint"),
+            label_mode=meta.label_mode,
+            num_classes=meta.num_classes,
+            ignore_index=meta.ignore_index,
+            fingerprint=meta.config_fingerprint,
         )
         return info, []
     except FileNotFoundError:
@@ -433,14 +436,10 @@ def _read_dataset_json(out: Storage) -> tuple[_DatasetInfo, list[Problem]]:
     return _DatasetInfo(None, None, None, None), [Problem("bad_dataset_json", None, None, detail)]
 
 
-def _names(out: Storage, folder: str, suffix: str) -> set[str]:
-    return {n[: -len(suffix)] for n in out.listdir(folder) if n.endswith(suffix)}
-
-
-def _read_manifest(out: Storage, name: str, check: ShardCheck) -> Optional[list[dict[str, Any]]]:
-    rel = f"manifest/{name}.parquet"
+def _read_manifest(out: OutputDir, name: str, check: ShardCheck) -> Optional[list[dict[str, Any]]]:
+    rel = manifest_path(name)
     try:
-        with out.fs.open(out.path(rel), "rb") as f:
+        with out.open(rel) as f:
             table = pq.read_table(f)
     except (OSError, pa.ArrowException) as exc:
         check.add("bad_manifest", f"{rel} cannot be read: {exc}")
