@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "mIoU of pseudo-labels against ground-truth masks"),
     "report": ("report", "static HTML report of an output directory"),
     "bench": ("bench", "throughput benchmark: one-at-a-time vs engine vs end to end"),
+    "train": ("train", "train a student segmentation network on an output's pseudo-labels"),
+    "export": ("export", "export an output as mmsegmentation / VOC folders or a Hugging Face dataset"),
+    "pack": ("pack", "write WebDataset shards from a folder of images"),
 }
 
 

@@ -1,0 +1,83 @@
+"""A Hugging Face `datasets` layout: Parquet files with `Image` features and a dataset card.
+
+    DEST/README.md                       YAML header: one config, a data_files entry per split
+    DEST/data/{train,validation}-NNNNN.parquet   columns key (string), image, label (Image features:
+                                          struct<bytes, path>, the original image and the palette PNG)
+    DEST/id2label.json                   {"0": "sky", ...}, the convention of HF segmentation models
+
+`datasets.load_dataset(DEST)` returns a DatasetDict whose `image` / `label` decode to PIL images;
+`np.array(row["label"])` holds the class indices (255 = ignore). The Parquet schema carries the
+`huggingface` metadata `datasets` itself writes, so the features are Images without a cast; this
+module writes it with pyarrow alone (`datasets` is not a dependency).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.export.layouts import ExportSummary, palette_png
+from pipeline.export.samples import ExportSample
+
+HF_SPLITS = {"train": "train", "val": "validation"}
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_FEATURES = {"key": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"}, "label": {"_type": "Image"}}
+SCHEMA = pa.schema([("key", pa.string()), ("image", _IMAGE), ("label", _IMAGE)],
+                   metadata={"huggingface": json.dumps({"info": {"features": _FEATURES}})})
+
+
+class _SplitWriter:
+    def __init__(self, dest: Path, split: str, rows_per_file: int):
+        self.dest, self.split, self.rows_per_file = dest, split, rows_per_file
+        self.rows: list[dict] = []
+        self.files = 0
+        self.count = 0
+
+    def add(self, s: ExportSample, label_png: bytes) -> None:
+        self.rows.append({"key": s.key, "image": {"bytes": s.image, "path": f"{s.key}.{s.image_ext}"},
+                          "label": {"bytes": label_png, "path": f"{s.key}.png"}})
+        self.count += 1
+        if len(self.rows) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        path = self.dest / "data" / f"{self.split}-{self.files:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), tmp)
+        os.replace(tmp, path)
+        self.files += 1
+        self.rows = []
+
+
+def write_hf(dest: Path, samples: Iterable[ExportSample], names: list[str], colors: list[tuple[int, int, int]],
+             rows_per_file: int = 1000, summary: Optional[ExportSummary] = None) -> ExportSummary:
+    summary = summary or ExportSummary(str(dest), "hf")
+    writers: dict[str, _SplitWriter] = {}
+    for s in samples:
+        split = HF_SPLITS[s.split]
+        writer = writers.setdefault(split, _SplitWriter(dest, split, rows_per_file))
+        writer.add(s, palette_png(s.label, colors))
+    for w in writers.values():
+        w.flush()
+        summary.samples[w.split] = w.count
+    (dest / "id2label.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}, indent=2) + "\n")
+    (dest / "README.md").write_text(_card(list(writers), names))
+    return summary
+
+
+def _card(splits: list[str], names: list[str]) -> str:
+    files = "".join(f"  - split: {s}\n    path: data/{s}-*.parquet\n" for s in splits)
+    classes = ", ".join(names)
+    return (
+        "---\nconfigs:\n- config_name: default\n  data_files:\n" + files + "---\n\n"
+        "# Pseudo-labeled segmentation data (`pseudolabel export --format hf`)\n\n"
+        "Columns: `key`, `image` (the original image), `label` (palette PNG: pixel value = class index, "
+        "255 = ignore). Classes (index order, also in `id2label.json`): " + classes + "\n"
+    )
