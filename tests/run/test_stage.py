@@ -153,3 +153,113 @@ def test_decode_threads_auto_follows_cores_per_gpu(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert decode_threads(auto, SimpleNamespace(type="cuda")) == 16
+
+
+@pytest.mark.timeout(60)
+def test_member_accounting_in_the_completion_record(engine, tiny_cfg, tmp_path):
+    import tarfile
+
+    shard = tmp_path / "acc.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in [("a.png", tarfile.REGTYPE, encode(rgb_image(48, 32))), ("d", tarfile.DIRTYPE, b""),
+                                 ("l.png", tarfile.SYMTYPE, b""), ("f.png", tarfile.FIFOTYPE, b""),
+                                 ("x.jpg", tarfile.DIRTYPE, b""), ("._a.png", tarfile.REGTYPE, b"mac"),
+                                 ("NOTES", tarfile.REGTYPE, b"n"), ("../up.png", tarfile.REGTYPE, b"u"),
+                                 ("b.png", tarfile.REGTYPE, encode(rgb_image(40, 32, seed=2))),
+                                 ("b.png", tarfile.REGTYPE, encode(rgb_image(40, 32, seed=3)))]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "a.png" if kind == tarfile.SYMTYPE else ""
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    out = OutputDir(str(tmp_path / "out"))
+    labeler = ShardLabeler(engine, tiny_cfg(), out, "test")
+    try:
+        result = labeler.label(ShardSpec(str(shard), "acc"))
+    finally:
+        labeler.close()
+    rows = pq.read_table(tmp_path / "out" / "manifest" / "acc.parquet").to_pylist()
+    assert [(r["key"], r["status"], (r["error"] or "").split(":")[0]) for r in rows] == [
+        ("a", "ok", ""), ("../up", "error", "unsafe_key"), ("b", "ok", ""), ("b", "error", "duplicate_key")]
+    done = json.loads((tmp_path / "out" / "_done" / "acc.json").read_text())
+    assert done["members"] == 10 and done["skipped_members"] == {
+        "directory": 2, "symlink": 1, "fifo": 1, "hidden": 1, "no_extension": 1}
+    assert done["members"] - sum(done["skipped_members"].values()) >= done["samples"] == 4
+    assert done["error_kinds"] == {"unsafe_key": 1, "duplicate_key": 1} and result.skipped_members == done["skipped_members"]
+    names = [m for m, _ in iter_members(tmp_path / "out" / "masks" / "acc.tar")]
+    assert names == ["a.label.png", "a.conf.png", "b.label.png", "b.conf.png"]
+    assert not any(".." in n.split("/") or n.startswith("/") for n in names)
+
+
+@pytest.mark.timeout(60)
+def test_upper_case_extensions_are_recorded_as_spelled(engine, tiny_cfg, tmp_path):
+    members = [("a.JPG", encode(rgb_image(48, 32), "JPEG")), ("b.Jpeg", encode(rgb_image(48, 32, seed=1), "JPEG")),
+               ("c.PNG", encode(rgb_image(48, 32, seed=2)))]
+    result, out = label(engine, tiny_cfg(), tmp_path, members)
+    rows = pq.read_table(out / "manifest" / "s.parquet").to_pylist()
+    assert [(r["key"], r["status"], r["image_member"]) for r in rows] == [
+        ("a", "ok", "JPG"), ("b", "ok", "Jpeg"), ("c", "ok", "PNG")]
+
+
+class BreaksAfter:
+    """The real engine until `after` images have gone through, then every call raises (as an engine
+    whose device broke mid-run would)."""
+
+    def __init__(self, engine, after):
+        self.engine, self.after, self.seen = engine, after, 0
+        self.num_classes, self.patch_size = engine.num_classes, engine.patch_size
+
+    def predict(self, images, return_probs=False):
+        if self.seen + len(images) > self.after:
+            raise RuntimeError("device-side assert triggered")
+        self.seen += len(images)
+        return self.engine.predict(images, return_probs=return_probs)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("after", [0, 12])  # broken from the start; broken after 12 of 24 images (< half failed)
+def test_shard_a_broken_engine_labels_is_not_complete(engine, tiny_cfg, tmp_path, after):
+    from pipeline.errors import ShardInferenceError
+
+    members = [(f"k{i:02d}.png", encode(rgb_image(48, 32, seed=i))) for i in range(24 if after else 6)]
+    with pytest.raises(ShardInferenceError, match="engine failed on"):
+        label(BreaksAfter(engine, after), tiny_cfg(), tmp_path, members)
+    out = tmp_path / "out"
+    assert not (out / "_done").exists() and not (out / "manifest").exists() and not (out / "masks" / "s.tar").exists()
+
+
+@pytest.mark.timeout(60)
+def test_transient_read_failure_writes_nothing(engine, tiny_cfg, tmp_path):
+    from pipeline.errors import TransientReadError
+
+    whole = tmp_path / "whole.tar"
+    write_tar(whole, [(f"k{i}.png", encode(rgb_image(48, 32, seed=i))) for i in range(6)])
+    out = OutputDir(str(tmp_path / "out"))
+    labeler = ShardLabeler(engine, tiny_cfg(), out, "test")
+    try:
+        with pytest.raises(TransientReadError, match="status 1"):
+            labeler.label(ShardSpec(f"pipe:head -c 9000 {whole}; exit 1", "p"))
+    finally:
+        labeler.close()
+    assert not (tmp_path / "out" / "_done").exists() and not (tmp_path / "out" / "manifest").exists()
+    assert not (tmp_path / "out" / "masks" / "p.tar").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_long_strip_is_capped_on_its_long_side_not_upscaled(engine, tiny_cfg, tmp_path):
+    from pipeline.engine.predictor import _resized
+
+    assert _resized(20, 10000, 336, 2048) == (4, 2048)  # not (336, 168000)
+    assert _resized(480, 640, 336, 2048) == (336, 448)  # ordinary photos: the short side rules
+    assert _resized(336, 4000, 336, 2048) == (172, 2048)
+    assert _resized(20, 10000, 336, 0) == (336, 168000)  # long_side 0: no cap
+    assert _resized(3000, 5000, 0, 2048) == (1229, 2048) and _resized(300, 500, 0, 2048) == (300, 500)
+    members = [("strip.png", encode(rgb_image(2000, 20))), ("long.png", encode(rgb_image(10000, 20))),
+               ("ok.png", encode(rgb_image(64, 48)))]
+    result, out = label(engine, tiny_cfg("inference.short_side=336"), tmp_path, members)
+    rows = pq.read_table(out / "manifest" / "s.parquet").to_pylist()
+    # 2000x20: factor min(2048/2000, 336/20) = 1.024 -> inferred at 2048x20, labeled at 2000x20;
+    # 10000x20: 2048x4, less than a patch: a too_small row (data), not an inference error (engine)
+    assert [(r["key"], r["status"]) for r in rows] == [("strip", "ok"), ("long", "error"), ("ok", "ok")]
+    assert rows[1]["error"].startswith("too_small: image 10000x20")
+    assert result.error_kinds == {"too_small": 1}
+    assert (rows[0]["width"], rows[0]["height"]) == (2000, 20) and result.status == DONE
