@@ -18,9 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the shard stage measurement")
     parser.add_argument("--peak-tflops", type=float, help="hardware peak for MFU (known GPUs are looked up)")
     parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--dispatch", action="store_true",
+                        help="measure the driver instead: the real dispatcher with instant fake workers")
+    parser.add_argument("--shards", type=int, default=10000, help="--dispatch: shards to hand out (default 10000)")
+    parser.add_argument("--actors", type=int, default=4, help="--dispatch: fake workers (default 4)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.dispatch:
+        from pipeline.run.dispatch_bench import main_dispatch
+
+        return main_dispatch(args.shards, args.actors, args.json)
     from pipeline.benchmark import bench_images, run_benchmark
 
     config = args.config or str(CONF_DIR / "bench" / "cpu_tiny.yaml")

@@ -7,8 +7,10 @@ shard holds one actor and never the rest. Retries:
   with backoff, until it answers again, then it gets shards again;
 - no progress for ray.shard_stall_timeout_s (a hung read, a busy loop): the actor is killed so Ray
   restarts it, and the shard counts as lost;
-- a `TransientReadError` (a stream broke for transport reasons): the shard is resubmitted after a
-  backoff, on any actor, at most ray.max_shard_retries times; it is never written complete.
+- a `TransientReadError` (a stream broke for transport reasons) or a `ShardInferenceError` (the
+  engine failed most of a shard): the shard is resubmitted after a backoff that doubles, on any
+  actor, at most ray.max_shard_retries times; it is never written complete (afterwards it is left
+  unreadable, resp. crashed: not complete, retried by the next run).
 Any other exception raised by the labeling code is a bug or a data problem that a retry would
 repeat: the shard is recorded as crashed and the run goes on.
 
@@ -31,7 +33,7 @@ from typing import Any, Callable, Optional
 import ray
 from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from pipeline import errors
+from pipeline.errors import ShardInferenceError, TransientReadError
 from pipeline.io.shards import ShardSpec
 from pipeline.io.layout import ShardStatus
 from pipeline.io.records import ShardResult
@@ -48,11 +50,6 @@ WAIT_S = 0.25  # longest block in ray.wait, so stop/watchdog/revivals are looked
 PING_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between pings of an actor Ray is restarting (last repeats)
 DEAD_AFTER_PINGS = 4  # pings answered "actor died" before an actor counts as gone for good
 TRANSIENT_BACKOFF_S = 2.0  # first delay before retrying a TransientReadError shard; doubles per try
-
-
-def _transient_error_type() -> tuple[type, ...]:
-    cls = getattr(errors, "TransientReadError", None)  # added by the input side (pipeline.errors)
-    return (cls,) if isinstance(cls, type) else ()
 
 
 @dataclass
@@ -161,7 +158,7 @@ class Dispatcher:
             ref = actor.label.options(enable_task_events=False).remote(shard, attempt)
             self.tasks[ref] = _Task("label", actor, shard, attempt)
             self.live[shard.name] = _Live(attempt, ref, actor, moved_at=time.monotonic())
-            log.info("shard %s: assigned (attempt %d, %d queued)", shard.name, attempt, len(self.todo))
+            log.debug("shard %s: assigned (attempt %d, %d queued)", shard.name, attempt, len(self.todo))
 
     def _release_delayed(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
@@ -178,7 +175,7 @@ class Dispatcher:
         shard = task.shard
         if isinstance(value, INFRA_ERRORS):
             self._lost(task, value)
-        elif isinstance(value, _transient_error_type()):
+        elif isinstance(value, (TransientReadError, ShardInferenceError)):
             self.idle.append(task.actor)
             self._transient(task, value)
         elif isinstance(value, RayTaskError):
@@ -222,20 +219,23 @@ class Dispatcher:
                                  failure=f"worker lost {task.attempt + 1} times: {why}"))
 
     def _transient(self, task: _Task, exc: BaseException) -> None:
+        """A read that broke for transport reasons, or an engine that failed most of a shard: retried
+        after a backoff (any actor), never written complete; bounded by ray.max_shard_retries."""
         assert task.shard is not None
         shard = task.shard
+        inference = isinstance(exc, ShardInferenceError)
+        what = "most samples failed in the engine" if inference else "transient read error"
         if task.attempt < self.max_retries:
             delay = self.transient_backoff_s * 2 ** task.attempt
-            log.warning("shard %s: transient read error (%s); retry %d of %d in %.1fs", shard.name,
+            log.warning("shard %s: %s (%s); retry %d of %d in %.1fs", shard.name, what,
                         _first_line(exc), task.attempt + 1, self.max_retries, delay)
             self._forget(shard.name)
             heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._seq), shard, task.attempt + 1))
             self._report()
             return
-        log.error("shard %s: transient read errors %d times; left incomplete for the next run", shard.name,
-                  task.attempt + 1)
-        self._finish(ShardResult(shard.name, shard.url, UNREADABLE,
-                                 failure=f"transient read error {task.attempt + 1} times: {_cause(exc)}"))
+        log.error("shard %s: %s, %d times; left incomplete for the next run", shard.name, what, task.attempt + 1)
+        self._finish(ShardResult(shard.name, shard.url, CRASHED if inference else UNREADABLE,
+                                 failure=f"{what}, {task.attempt + 1} times: {_cause(exc)}"))
 
     def _abandon(self, reason: str) -> None:
         queued = [*self.todo, *((s, a) for _, _, s, a in self.delayed)]
