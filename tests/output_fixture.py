@@ -3,7 +3,8 @@
 `write_output_dir` writes input WebDataset shards (the originals) and an output directory exactly
 as documented: masks/NAME.tar (KEY.label.png + KEY.conf.png per ok sample, input order),
 manifest/NAME.parquet (manifest-v1 schema, one row per input sample), dataset.json, _done/NAME.json
-and _stats.json. It knows nothing of the real writer; it is a fixture of the format only.
+and _stats.json. It knows nothing of the labeling stage: it builds the files from the typed
+records of the format (pipeline.io.records, paths from pipeline.io.layout), as the writer does.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.io.schema import manifest_schema
+from pipeline.io import layout
+from pipeline.io.layout import RowStatus, ShardStatus
+from pipeline.io.records import DatasetMeta, DoneRecord, ManifestRow, VocabEntry
 from pipeline.io.tarfiles import write_tar
+from pipeline.io.writers import manifest_bytes
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (0, 128, 0), (30, 144, 255), (255, 215, 0), (148, 0, 211), (255, 140, 0)]
 
@@ -84,52 +86,51 @@ def write_output_dir(
         mask_members: list[tuple[str, bytes]] = []
         rows = []
         for index, s in enumerate(samples):
-            row = {
-                "key": s.key, "sample_index": index, "source_shard": str(source),
-                "image_member": s.image_ext if s.image is not None else None,
-                "status": "ok" if s.label is not None else "error", "error": s.error,
-                "width": None, "height": None, "mask_shard": None, "label_member": None, "conf_member": None,
-                "mean_confidence": None, "ignored_pixels": None, "classes": None, "class_pixels": None,
-                "labeled_at": now,
-            }
+            row = ManifestRow(
+                key=s.key, sample_index=index, source_shard=str(source),
+                image_member=s.image_ext if s.image is not None else None,
+                status=RowStatus.OK if s.label is not None else RowStatus.ERROR, error=s.error, labeled_at=now,
+            )
             if s.image is not None:
-                row["height"], row["width"] = int(s.image.shape[0]), int(s.image.shape[1])
+                row.height, row.width = int(s.image.shape[0]), int(s.image.shape[1])
             if s.label is not None:
                 label = s.label.astype(np_dtype)
                 conf_u8 = np.round(255 * np.clip(s.conf, 0, 1)).astype(np.uint8)
-                mask_members.append((f"{s.key}.label.png", _png(label)))
-                mask_members.append((f"{s.key}.conf.png", _png(conf_u8)))
+                mask_members.append((layout.label_member(s.key), _png(label)))
+                mask_members.append((layout.conf_member(s.key), _png(conf_u8)))
                 valid = label[label != ignore]
                 classes, counts = np.unique(valid, return_counts=True)
-                row.update(
-                    mask_shard=f"masks/{shard}.tar", label_member=f"{s.key}.label.png",
-                    conf_member=f"{s.key}.conf.png", mean_confidence=float(np.mean(s.conf)),
-                    ignored_pixels=int((label == ignore).sum()),
-                    classes=[int(c) for c in classes], class_pixels=[int(c) for c in counts],
-                )
+                row.mask_shard = layout.mask_shard_path(shard)
+                row.label_member, row.conf_member = layout.label_member(s.key), layout.conf_member(s.key)
+                row.mean_confidence = float(np.mean(s.conf))
+                row.ignored_pixels = int((label == ignore).sum())
+                row.classes, row.class_pixels = [int(c) for c in classes], [int(c) for c in counts]
             rows.append(row)
-        write_tar(root / "masks" / f"{shard}.tar", mask_members)
-        (root / "manifest").mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist(rows, schema=manifest_schema())
-        pq.write_table(table, root / "manifest" / f"{shard}.parquet")
+        write_tar(root / layout.mask_shard_path(shard), mask_members)
+        _write(root / layout.manifest_path(shard), manifest_bytes(rows))
         n_ok = sum(s.label is not None for s in samples)
-        (root / "_done").mkdir(parents=True, exist_ok=True)
-        (root / "_done" / f"{shard}.json").write_text(json.dumps({
-            "shard": shard, "source": str(source), "samples": len(samples), "ok": n_ok,
-            "errors": len(samples) - n_ok, "started_at": now.isoformat(), "finished_at": now.isoformat(),
-            "seconds": 0.1, "worker": "fixture", "config_fingerprint": "fixture0000000000",
-            "mask_shard": f"masks/{shard}.tar", "manifest": f"manifest/{shard}.parquet",
-        }))
-    (root / "dataset.json").write_text(json.dumps({
-        "schema_version": 1,
-        "vocabulary": [{"index": i, "name": n, "synonyms": [n], "color": list(colors[i])} for i, n in enumerate(names)],
-        "num_classes": len(names), "ignore_index": ignore, "label_dtype": label_dtype,
-        "config": {"labels": {"min_confidence": 0.0}}, "config_fingerprint": "fixture0000000000",
-        "model": {"name": "fixture", "pretrained": "none", "checkpoint_sha256": None},
-        "versions": {}, "created_at": now.isoformat(),
-    }, indent=2))
-    (root / "_stats.json").write_text(json.dumps({"fixture": True}))
+        record = DoneRecord(
+            shard=shard, source=str(source), status=ShardStatus.DONE, samples=len(samples), ok=n_ok,
+            errors=len(samples) - n_ok, started_at=now.isoformat(), finished_at=now.isoformat(),
+            seconds=0.1, worker="fixture", config_fingerprint="fixture0000000000",
+            mask_shard=layout.mask_shard_path(shard), manifest=layout.manifest_path(shard),
+        )
+        _write(root / layout.done_path(shard), record.to_json())
+    meta = DatasetMeta(
+        vocabulary=[VocabEntry(i, n, [n], tuple(colors[i])) for i, n in enumerate(names)],
+        num_classes=len(names), ignore_index=ignore, label_dtype=label_dtype,
+        config={"labels": {"min_confidence": 0.0}}, config_fingerprint="fixture0000000000",
+        model={"name": "fixture", "pretrained": "none", "checkpoint_sha256": None},
+        versions={}, created_at=now.isoformat(),
+    )
+    _write(root / layout.DATASET_JSON, meta.to_json())
+    (root / layout.STATS_JSON).write_text(json.dumps({"fixture": True}))
     return out
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def synthetic_sample(
