@@ -88,3 +88,14 @@ class _NoMasks:
 
 def broken_engine(cfg):
     return _NoMasks(cfg)
+
+
+class _Raising(_NoMasks):
+    """An engine that broke: every predict call raises (as a device that went bad would)."""
+
+    def predict(self, images, return_probs=False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def raising_engine(cfg):
+    return _Raising(cfg)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.identity import resolve_identity
 from pipeline.evaluation.outputs import decode_label_png
 from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.run.runner import run_pipeline
@@ -54,13 +55,15 @@ def test_end_to_end_outputs(reference, corpus, tiny_cfg):
     assert sorted(e.split(":")[0] for e in errors["error"]) == ["corrupt", "corrupt"]  # the demo's two bad samples
     assert errors["mask_shard"].isna().all() and errors["width"].isna().all()
     assert dataset["label_dtype"] == "uint8" and dataset["ignore_index"] == 255
-    assert dataset["config_fingerprint"] == tiny_cfg().fingerprint()
+    assert dataset["fingerprint"] == dataset["config_fingerprint"] == resolve_identity(tiny_cfg()).fingerprint
+    assert dataset["identity"]["values"]["vocabulary"] == [v["synonyms"] for v in dataset["vocabulary"]]
     assert [v["index"] for v in dataset["vocabulary"]] == list(range(num_classes))
     assert dataset["model"]["checkpoint_sha256"] and dataset["versions"]["torch"]
     assert summary.images_ok == 3 * PER_SHARD - 2 and summary.images_failed == 2 and summary.shards_labeled == 3
     assert abs(sum(summary.class_pixel_share.values()) - 1.0) < 1e-3
     stats = json.loads((out / "_stats.json").read_text())
-    assert stats["images_ok"] == summary.images_ok and stats["failed_shards"] == []
+    assert stats["this_run"]["images_ok"] == summary.images_ok and stats["this_run"]["failed_shards"] == []
+    assert stats["dataset"]["images_ok"] == summary.images_ok and stats["dataset"]["shards_complete"] == 3
     assert not (out / "_tmp").exists()  # temporaries are renamed away, then the folder removed
     # progress came per batch (batch_size 4: a report after 4 and after 7 samples of each shard),
     # not only per finished shard: some totals include part of a shard
@@ -93,12 +96,13 @@ def test_fingerprint_refusal_and_overwrite(reference, corpus, tiny_cfg, tmp_path
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
     other = tiny_cfg("labels.min_confidence=0.3")
-    with pytest.raises(UserError, match="config fingerprint.*--overwrite"):
+    with pytest.raises(UserError, match=r"fingerprint.*labels.min_confidence: OUTPUT has 0.0, this run has 0.3.*--overwrite"):
         run_pipeline(str(corpus), str(out), other)
     summary = run_pipeline(str(corpus), str(out), other, overwrite=True)
     assert summary.shards_labeled == 3 and summary.shards_skipped == 0
-    assert json.loads((out / "dataset.json").read_text())["config_fingerprint"] == other.fingerprint()
-    assert {json.loads(p.read_text())["config_fingerprint"] for p in (out / "_done").iterdir()} == {other.fingerprint()}
+    mine = resolve_identity(other).fingerprint
+    assert json.loads((out / "dataset.json").read_text())["fingerprint"] == mine
+    assert {json.loads(p.read_text())["fingerprint"] for p in (out / "_done").iterdir()} == {mine}
     frame = pd.concat(pd.read_parquet(out / "manifest" / f"{n}.parquet") for n in NAMES)
     assert frame["ignored_pixels"].fillna(0).sum() > 0  # the new threshold is really in effect
 
@@ -115,10 +119,10 @@ def test_incremental_pickup_and_unreadable_shard(reference, corpus, tiny_cfg, tm
     assert second.shards_skipped == 2 and second.shards_labeled == 1
     assert [(f["shard"], f["status"]) for f in second.failed_shards] == [("broken", "unreadable")]
     assert second.failed_shards[0]["reason"]
-    assert second.exceeds(None) and second.exceeds(0.2)  # 1 of 4 shards failed
+    assert second.exceeds(None) and second.exceeds(0.2)  # 1 of the 2 shards this run was given failed
     assert not (out / "_done" / "broken.json").exists() and not (out / "manifest" / "broken.parquet").exists()
     stats = json.loads((out / "_stats.json").read_text())
-    assert stats["failed_shards"][0]["shard"] == "broken"
+    assert stats["this_run"]["failed_shards"][0]["shard"] == "broken" and stats["this_run"]["shards_failed"] == 1
     assert_same_output(snapshot(reference[0], NAMES), snapshot(out, NAMES))
 
 
@@ -146,3 +150,82 @@ def test_application_exception_fails_the_shard_without_retry(ray_local, corpus, 
     assert not any("retry" in r.getMessage() for r in caplog.records)
     assert not (out / "_done").exists() or not list((out / "_done").iterdir())
     assert summary.exceeds(0.5)
+
+
+def _case_shard(root):
+    from pipeline.io.tarfiles import write_tar
+    from tests.support import encode, rgb_image
+
+    root.mkdir(parents=True, exist_ok=True)
+    members = [("a.JPG", encode(rgb_image(64, 48, seed=1), "JPEG")), ("a.json", b"{}"),
+               ("b.Jpeg", encode(rgb_image(56, 48, seed=2), "JPEG")), ("c.PNG", encode(rgb_image(48, 40, seed=3))),
+               ("d.png", encode(rgb_image(48, 48, seed=4))), (".DS_Store", b"x"), ("LICENSE", b"text")]
+    write_tar(root / "cases-000.tar", members)
+    return root
+
+
+@pytest.mark.timeout(240)
+def test_upper_case_extensions_reach_the_training_loader(ray_local, tiny_cfg, tmp_path):
+    from pipeline.training.loader import PseudoLabelDataset
+    from pipeline.training.selection import SampleFilter
+
+    inputs, out = _case_shard(tmp_path / "in"), tmp_path / "out"
+    summary = run_pipeline(str(inputs), str(out), tiny_cfg("ray.cpu_actors=1", "io.image_extensions=[jpg, jpeg, png]"))
+    assert summary.images_ok == 4 and summary.images_failed == 0
+    rows = pd.read_parquet(out / "manifest" / "cases-000.parquet")
+    assert list(zip(rows["key"], rows["image_member"])) == [("a", "JPG"), ("b", "Jpeg"), ("c", "PNG"), ("d", "png")]
+    ds = PseudoLabelDataset(str(out), SampleFilter(), shuffle_shards=False, with_key=True)
+    got = [(key, tuple(image.shape)) for image, label, conf, key in ds]
+    assert len(ds) == 4 and [k for k, _ in got] == ["a", "b", "c", "d"]  # iteration yields what len promises
+    assert got[0][1] == (3, 48, 64)
+    # every member is accounted for, per shard and in _stats.json
+    done = json.loads((out / "_done" / "cases-000.json").read_text())
+    assert done["members"] == 7 and done["skipped_members"] == {"hidden": 1, "no_extension": 1}
+    stats = json.loads((out / "_stats.json").read_text())
+    this_run = stats.get("this_run", stats)  # sectioned _stats.json, or the flat one before it
+    dataset = stats.get("dataset") or {k[len("dataset_"):]: v for k, v in stats.items() if k.startswith("dataset_")}
+    assert this_run["skipped_members"] == dataset["skipped_members"] == {"hidden": 1, "no_extension": 1}
+    assert this_run["members"] == dataset["members"] == 7
+
+
+@pytest.mark.timeout(300)
+def test_pipe_input_that_fails_once_mid_shard_is_fully_labeled(reference, corpus, tiny_cfg, tmp_path):
+    # The first time it runs, the command sends part of the shard and fails (a dropped download);
+    # after that it works. Nothing of the broken attempt may be kept as complete.
+    marker, script = tmp_path / "failed-once", tmp_path / "fetch.sh"
+    name = NAMES[1]
+    script.write_text(f"""#!/bin/sh
+if [ ! -e {marker} ]; then touch {marker}; head -c 6000 {corpus / name}.tar; exit 1; fi
+cat {corpus / name}.tar
+""")
+    script.chmod(0o755)
+    listing, out = tmp_path / "shards.txt", tmp_path / "out"
+    listing.write_text(f"{corpus / NAMES[0]}.tar\npipe:{script} # {name}.tar\n{corpus / NAMES[2]}.tar\n")
+    first = run_pipeline(str(listing), str(out), tiny_cfg("ray.cpu_actors=1"))
+    assert marker.exists(), "the failing attempt did not run"
+    record = out / "_done" / f"{name}.json"
+    if record.exists():  # retried inside the run (the dispatcher's transient retries)
+        assert json.loads(record.read_text())["status"] == "done" and first.failed_shards == []
+    else:  # left incomplete: never "failed but complete"
+        assert [f["shard"] for f in first.failed_shards] == [name]
+    second = run_pipeline(str(listing), str(out), tiny_cfg("ray.cpu_actors=1"))
+    assert second.failed_shards == []
+    assert json.loads(record.read_text())["samples"] == PER_SHARD
+    ref, got = snapshot(reference[0], NAMES), snapshot(out, NAMES)
+    for shard in NAMES:
+        for a, b in zip(ref[shard]["rows"], got[shard]["rows"]):
+            a.pop("source_shard"), b.pop("source_shard")
+    assert_same_output(ref, got)
+
+
+@pytest.mark.timeout(180)
+def test_shards_a_broken_engine_labels_are_crashed_not_complete(ray_local, corpus, tiny_cfg, tmp_path):
+    from tests.support import raising_engine
+
+    out = tmp_path / "out"
+    summary = run_pipeline(str(corpus), str(out), tiny_cfg("ray.cpu_actors=1"), engine_factory=raising_engine)
+    assert [f["status"] for f in summary.failed_shards] == ["crashed"] * 3
+    assert all("engine failed on" in f["reason"] for f in summary.failed_shards)
+    assert not (out / "_done").exists() or not list((out / "_done").iterdir())
+    assert not (out / "manifest").exists() or not list((out / "manifest").iterdir())
+    assert summary.shards_labeled == 0 and summary.exceeds(0.5)
