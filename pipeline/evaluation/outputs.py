@@ -19,9 +19,10 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, TypeVar
 import fsspec
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.io.decode import decode_rgb
 from pipeline.io.layout import RowStatus
 from pipeline.io.output_dir import OutputDir
 from pipeline.io.records import DatasetMeta
@@ -102,10 +103,8 @@ def decode_conf_png(data: bytes) -> np.ndarray:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image -> uint8 HxWx3 RGB, EXIF orientation applied (as the pipeline measured it)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img)
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    """Encoded image -> uint8 HxWx3 RGB exactly as the labeler decoded it (`pipeline.io.decode`)."""
+    return decode_rgb(data)
 
 
 def mask_members(rows: pd.DataFrame) -> dict[str, tuple[str, str]]:

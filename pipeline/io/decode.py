@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.io.layout import ErrorKind
 from pipeline.io.records import SampleError
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,11 @@ DIRECT_MODES = {"CMYK", "YCbCr", "RGBX"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 # error kinds (the prefix of the manifest `error` column)
-CORRUPT = "corrupt"
-TOO_LARGE = "too_large"
-TOO_SMALL = "too_small"
-UNSUPPORTED_MODE = "unsupported_mode"
-NO_IMAGE = "no_image"
+CORRUPT = ErrorKind.CORRUPT
+TOO_LARGE = ErrorKind.TOO_LARGE
+TOO_SMALL = ErrorKind.TOO_SMALL
+UNSUPPORTED_MODE = ErrorKind.UNSUPPORTED_MODE
+NO_IMAGE = ErrorKind.NO_IMAGE
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class DecodeLimits:
 class Decoded:
     rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
     source_mode: str  # Pillow mode of the stored image
+
+
+_NO_LIMITS = DecodeLimits(max_pixels=2**62, min_side=0)
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -81,6 +85,14 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Decoded:
     img = _exif_transpose(img)
     mode = img.mode
     return Decoded(rgb=np.ascontiguousarray(to_rgb(img)), source_mode=mode)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """The pixels the labeler saw, for readers of a finished output (training loader, evaluation,
+    report): the same opening, EXIF orientation and mode policy as `decode_image`, without the
+    labeling limits (the image was accepted when it was labeled). A `SampleError` when it does not
+    decode."""
+    return decode_image(data, _NO_LIMITS).rgb
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

@@ -20,8 +20,10 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.evaluation.evaluate import EVAL_FILE
 from pipeline.io.atomic import write_atomic
+from pipeline.io.decode import decode_rgb
+from pipeline.io.records import SampleError
 from pipeline.evaluation.outputs import (
-    DatasetInfo, OutputDir, decode_image, image_members, iter_masks, iter_tar_members, ok_rows, per_shard,
+    DatasetInfo, OutputDir, image_members, iter_masks, iter_tar_members, ok_rows, per_shard,
     resolve_source,
 )
 from pipeline.overlay import blend_lut
@@ -247,9 +249,9 @@ def _draw_tiles(
                 label = small_labels.get((shard, key))
                 if label is None:
                     continue
-                with Image.fromarray(decode_image(data)) as img:
+                with Image.fromarray(decode_rgb(data)) as img:
                     images[(shard, key)] = np.asarray(img.resize(label.shape[::-1], Image.BILINEAR))
-        except (UserError, OSError, ValueError) as exc:
+        except (UserError, OSError, ValueError, SampleError) as exc:
             log.warning("report: original images of shard %s unavailable (%s); drawing masks alone", shard, exc)
     paths: dict[tuple[str, str], str] = {}
     for i, (ident, label) in enumerate(sorted(small_labels.items())):

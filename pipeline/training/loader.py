@@ -19,8 +19,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.evaluation.outputs import (
-    OutputDir, decode_conf_png, decode_image, decode_label_png, group_members, iter_tar_members,
+    OutputDir, decode_conf_png, decode_label_png, group_members, iter_tar_members,
 )
+from pipeline.io.decode import decode_rgb
+from pipeline.io.records import SampleError
 from pipeline.training.selection import SampleFilter, Selection, ShardSelection, select_shards
 from pipeline.training.transforms import PairedTransform
 
@@ -61,10 +63,10 @@ def iter_shard(selection: ShardSelection) -> Iterator[RawSample]:
                 log.warning("%s: no label/confidence for sample %r in %s; skipped", selection.shard, key, selection.mask_url)
                 continue
             try:
-                image = decode_image(data)
+                image = decode_rgb(data)  # the labeler's decoder: the pixels the labels were made from
                 label = decode_label_png(parts["label"])
                 conf = decode_conf_png(parts["conf"])
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, SampleError) as exc:
                 raise ValueError(f"{selection.shard}: sample {key!r} cannot be decoded ({name}): {exc}") from exc
             if image.shape[:2] != label.shape:
                 raise ValueError(
