@@ -1,22 +1,79 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one run (for a short device lease): the CUDA tests, then the
-# throughput benchmark of ViT-B/16 at the paper's settings, sliding windows and whole images.
-# Results land in ${OUT:-gpu-check}/: pytest log and one JSON per benchmark.
-#   OUT=/tmp/gpu bash jobs/gpu_check.sh
-# Needs torch with CUDA, open_clip_torch, ftfy, wcwidth, braceexpand, pyyaml, pyarrow, fsspec, pillow
-# and pytest; the workplace's H200 image lacks only open_clip_torch, ftfy, wcwidth and braceexpand
-# (carry them as wheels and put them on PYTHONPATH first).
+# Every check that needs a GPU, in one run of about 6 minutes (for a short device lease):
+#   install  the carried wheels (.whl/, from jobs/fetch_gpu_wheels.sh) into a temporary folder
+#   env      imports, torch / CUDA / cuDNN / cuSPARSE versions, the GPU             -> env.json
+#   gpu_tests  tests/engine/test_gpu.py: fp32 vs golden labels, bf16 / fp16 agreement, PAMR kernels,
+#            two processes on one GPU                                              -> gpu-tests.log
+#   bench    ViT-B/16 at the paper's settings: sliding and whole image, batch sizes, precisions -> bench.json
+#   probe    device time per stage: trunk, heads, PAMR per kernel, post-processing, copies -> probe.json
+#   codecs   decode (full, JPEG draft) and mask PNG encode per zlib level, per core  -> codecs.json
+#   idle     the shard stage end to end: share of wall time the engine / GPU waits   -> idle.json
+# Each step runs under its own `timeout`; summary.json lists every step with status and seconds;
+# check.log has everything printed. At most 8 files, as the device returns.
+#   OUT=/tmp/gpu bash jobs/gpu_check.sh                      # on the GPU host
+#   GPU_CHECK_DRY_RUN=1 OUT=/tmp/dry bash jobs/gpu_check.sh  # the same plumbing on CPU, tiny sizes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-check}"
-mkdir -p "$out"
+dry="${GPU_CHECK_DRY_RUN:-0}"
 py="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-"$py" -m pytest -q -m gpu tests/engine/test_gpu.py 2>&1 | tee "$out/pytest-gpu.log"
-for mode in slide whole; do
-  extra=()
-  [ "$mode" = whole ] && extra=(--set inference.slide_crop=0)
-  "$py" -m pipeline.cli bench --config conf/bench/gpu_vitb16.yaml "${extra[@]}" \
-    --images 256 --batch-sizes 8,32,64 --json "$out/bench-$mode.json" 2>&1 | tee "$out/bench-$mode.log"
-done
+[ "$dry" = 1 ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
+mkdir -p "$out"
+rm -f "$out"/{summary.json,check.log,steps.tsv,env.json,gpu-tests.log,bench.json,probe.json,codecs.json,idle.json}
+site="$(mktemp -d)/site"
+trap 'rm -rf "$(dirname "$site")"' EXIT
+export PYTHONUNBUFFERED=1 PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+flags=()
+[ "$dry" = 1 ] && flags=(--dry-run)
+
+step() {  # step NAME LIMIT_S COMMAND...: run under timeout, append "name status seconds limit rc"
+  local name=$1 limit=$2 start rc status
+  shift 2
+  start=$(date +%s.%N)
+  echo "== $name (limit ${limit}s) $(date -u +%H:%M:%S)" | tee -a "$out/check.log"
+  timeout -k 5 "$limit" "$@" >>"$out/check.log" 2>&1
+  rc=$?
+  case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
+  local secs
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$secs" "$limit" "$rc" >>"$out/steps.tsv"
+  echo "   $name: $status in ${secs}s" | tee -a "$out/check.log"
+}
+
+# Functions run under `timeout` through `bash -c`, so they and what they read are exported.
+install_wheels() {
+  shopt -s nullglob
+  local wheels=(.whl/*.whl)
+  if [ ${#wheels[@]} -eq 0 ]; then
+    echo "no wheels in .whl/: using what is installed"
+    return 0
+  fi
+  "$py" -m pip install --quiet --no-index --no-deps --target "$site" "${wheels[@]}" && ls "$site"
+}
+
+gpu_tests() {
+  local pre=()
+  [ "$dry" = 1 ] && pre=(env PSEUDOLABEL_GPU_TEST_DEVICE=cpu)
+  "${pre[@]}" "$py" -m pytest -q -p no:cacheprovider -rA -m gpu tests/engine/test_gpu.py --timeout 90 \
+    >"$out/gpu-tests.log" 2>&1
+  local rc=$?
+  tail -n 3 "$out/gpu-tests.log"
+  return $rc
+}
+export -f install_wheels gpu_tests
+export py site out dry
+
+host=()
+# Dry run with carried wheels: hide what the GPU host's image lacks, so the imports prove the list.
+[ "$dry" = 1 ] && compgen -G ".whl/*.whl" >/dev/null && host=(--host-image --carried "$site")
+[ "$dry" = 0 ] && nvidia-smi >>"$out/check.log" 2>&1
+
+step install 30 bash -c install_wheels
+step env 60 "$py" jobs/gpu_check.py env --out "$out" "${flags[@]}" "${host[@]}"
+step gpu_tests 100 bash -c gpu_tests
+step bench 130 "$py" jobs/gpu_check.py bench --out "$out" "${flags[@]}"
+step probe 50 "$py" jobs/gpu_check.py probe --out "$out" "${flags[@]}"
+step codecs 20 "$py" jobs/gpu_check.py codecs --out "$out" "${flags[@]}"
+step idle 45 "$py" jobs/gpu_check.py idle --out "$out" "${flags[@]}"
+"$py" jobs/gpu_check.py summary --out "$out" "${flags[@]}" && cat "$out/summary.json"
+ls "$out"

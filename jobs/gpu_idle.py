@@ -1,0 +1,97 @@
+"""How much of the shard stage's wall time the engine (and the GPU) waits, for jobs/gpu_check.py.
+
+One shard of JPEGs is labeled end to end by the real stage (read, decode pool, inference, PNG
+encode, tar + Parquet write). The engine is wrapped to add up the time inside `predict`; on a GPU
+a thread also samples NVML's utilisation every 50 ms. idle_share = 1 - busy / wall: what better
+overlap (more decode threads, a deeper prefetch) could still win.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+class _TimedEngine:
+    """Forwards to the engine; adds up seconds spent in predict."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self.busy = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._engine.predict(images, return_probs=return_probs)
+        finally:
+            self.busy += time.perf_counter() - t0
+            self.calls += 1
+
+
+def _nvml_sampler(stop: threading.Event, samples: list[int]) -> Optional[threading.Thread]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # noqa: BLE001 - no NVML (CPU, or no bindings): utilisation stays unknown
+        return None
+
+    def loop() -> None:
+        while not stop.wait(0.05):
+            samples.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+
+    thread = threading.Thread(target=loop, daemon=True, name="nvml-sampler")
+    thread.start()
+    return thread
+
+
+def measure_idle(cfg: Any, images: Sequence[np.ndarray]) -> dict[str, Any]:
+    from PIL import Image
+
+    from pipeline.engine import Segmenter
+    from pipeline.io.shards import ShardSpec
+    from pipeline.io.output_dir import OutputDir
+    from pipeline.io.tarfiles import write_tar
+    from pipeline.run.stage import ShardLabeler, decode_threads
+
+    engine = _TimedEngine(Segmenter.from_config(cfg))
+    engine.predict(list(images[:1]), return_probs=False)  # warm-up: compiles and caches outside the timing
+    engine.busy, engine.calls = 0.0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        members = []
+        for i, img in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=90)
+            members.append((f"{i:08d}.jpg", buf.getvalue()))
+        shard = Path(tmp) / "idle-000000.tar"
+        write_tar(shard, members)
+        labeler = ShardLabeler(engine, cfg, OutputDir(str(Path(tmp) / "out")))
+        stop, samples = threading.Event(), []
+        sampler = _nvml_sampler(stop, samples)
+        try:
+            t0 = time.perf_counter()
+            result = labeler.label(ShardSpec(name="idle-000000", url=str(shard)))
+            wall = time.perf_counter() - t0
+        finally:
+            stop.set()
+            if sampler is not None:
+                sampler.join()
+            labeler.close()
+    if result.ok != len(images):
+        raise RuntimeError(f"idle probe labeled {result.ok} of {len(images)} images")
+    return {
+        "images": len(images), "batch_size": cfg.batch_size, "wall_s": wall, "images_per_s": len(images) / wall,
+        "engine_busy_s": engine.busy, "engine_calls": engine.calls, "idle_share": max(0.0, 1 - engine.busy / wall),
+        "decode_threads": decode_threads(cfg, engine.device),
+        "nvml_utilisation_mean": float(np.mean(samples)) if samples else None, "nvml_samples": len(samples),
+    }
