@@ -4,7 +4,8 @@
 
 Prints completed shards (`_done/*.json`) against planned shards (INPUT, when given), samples and
 throughput from the completion records, who holds the lock and how fresh its heartbeat is, and
-the totals of `_stats.json` when the run has written it. Reads only small JSON objects.
+the totals of `_stats.json` when the run has written it. Reads one listing of `_done/`, the
+compacted index `_index/done.parquet` and, in one batched call, only the records newer than it.
 """
 from __future__ import annotations
 
@@ -25,24 +26,25 @@ def snapshot(output: str, input_spec: Optional[str], options: dict[str, Any]) ->
     from pipeline.run.lock import read_lock
     from pipeline.io.shards import expand_input
     from pipeline.io.storage import Storage
+    from pipeline.run.done_index import load_done_index
 
     out = Storage(output, options)
     out.fs.invalidate_cache()  # the filesystem instance is reused between snapshots: list afresh
-    names = [n for n in out.listdir("_done") if n.endswith(".json")]
-    records = [json.loads(out.read_bytes(f"_done/{n}")) for n in names]
+    # One listing plus the compacted index; only records newer than the index are read (batched).
+    index = load_done_index(out)
+    samples, ok, errors = index.totals()
+    table = index.table
     snap: dict[str, Any] = {
-        "done_shards": len(records),
-        "samples": sum(int(r.get("samples", 0)) for r in records),
-        "ok": sum(int(r.get("ok", 0)) for r in records),
-        "errors": sum(int(r.get("errors", 0)) for r in records),
-        "workers": len({r.get("worker") for r in records}),
+        "done_shards": len(index), "samples": samples, "ok": ok, "errors": errors,
+        "workers": len(set(table.column("worker").to_pylist()) - {None}),
+        "records_read": index.records_read,  # records the index did not have yet
     }
     if input_spec:
         planned = {s.name for s in expand_input(input_spec, options)}
         snap["planned_shards"] = len(planned)
-        snap["remaining_shards"] = len(planned - {n[: -len(".json")] for n in names})
-    started = [_ts(r["started_at"]) for r in records if r.get("started_at")]
-    finished = [_ts(r["finished_at"]) for r in records if r.get("finished_at")]
+        snap["remaining_shards"] = len(planned - index.names)
+    started = [_ts(t) for t in table.column("started_at").to_pylist() if t]
+    finished = [_ts(t) for t in table.column("finished_at").to_pylist() if t]
     if started and finished:
         span = max(max(finished) - min(started), 1.0)
         snap["shards_per_hour"] = round(3600 * len(finished) / span, 1)  # over the records' time span
