@@ -88,6 +88,9 @@ class InferenceConfig:
     logit_scale: float = 40.0
     prob_thd: float = 0.0  # pixels whose best class probability is below this become class 0
     pamr_steps: int = 0  # PAMR refinement of the final logits; 0 = off
+    # Post-processing works on bands of this many output pixels (rows x width): memory per image is
+    # O(classes x band), not O(classes x pixels); the outputs do not depend on it.
+    post_band_pixels: int = 65536
     # Upper bound on crops sent through the ViT at once; 0 = auto: 12 on CPU, 64 on GPU.
     max_crops_per_forward: int = 0
     # PAMR propagation: `sparse` (one CSR product per iteration; fastest on CPU), `shifted` (one pass
@@ -130,6 +133,9 @@ class RayConfig:
 @dataclass
 class LabelsConfig:
     min_confidence: float = 0.0  # pixels below this confidence get the ignore value
+    # Label PNG pixels: "gray" (mode L / I;16) or "palette" (mode P with the vocabulary's colours,
+    # up to 255 classes); the stored values are the class indices either way.
+    png_mode: Literal["gray", "palette"] = "gray"
 
 
 @dataclass
@@ -209,6 +215,7 @@ RANGES: dict[str, Range] = {
     "inference.logit_scale": Range(0, open_low=True),
     "inference.prob_thd": Range(0, 1),
     "inference.pamr_steps": Range(0, note="0 = off"),
+    "inference.post_band_pixels": Range(1024, note="output pixels per post-processing band"),
     "inference.max_crops_per_forward": Range(0, note="0 = auto"),
     "io.max_image_pixels": Range(1),
     "io.max_member_bytes": Range(1024, 2**40),

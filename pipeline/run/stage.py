@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import ShardInferenceError, TransientReadError
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
-from pipeline.io.masks import LabelFormat, encode_masks
+from pipeline.io.masks import encode_masks, label_format
 from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard_path
 from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
@@ -110,7 +110,7 @@ class ShardLabeler:
         self.storage = storage
         self.worker = worker
         self.progress = progress or (lambda p: None)
-        self.fmt = LabelFormat(engine.num_classes, cfg.labels.min_confidence, cfg.io.png_compression)
+        self.fmt = label_format(engine, cfg)
         self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg))
         self.pool = ThreadPoolExecutor(decode_threads(cfg, getattr(engine, "device", None)),
                                        thread_name_prefix="decode")
@@ -246,7 +246,8 @@ class ShardLabeler:
         return checked
 
     def _encode(self, sample: SampleResult, out: Any) -> SampleResult:
-        enc = encode_masks(np.asarray(out.pred), np.asarray(out.confidence, dtype=np.float32), self.fmt)
+        enc = encode_masks(np.asarray(out.pred), np.asarray(out.confidence), self.fmt,
+                           getattr(out, "ignored", None), getattr(out, "mean_confidence", None))
         sample.height, sample.width = np.shape(out.pred)
         sample.label_png, sample.conf_png = enc.label_png, enc.conf_png
         sample.mean_confidence, sample.ignored_pixels = enc.mean_confidence, enc.ignored_pixels

@@ -364,7 +364,8 @@ def _check_png(
                 check.add("wrong_size", f"{member} is {im.size[0]}x{im.size[1]}, row says "
                                         f"{row['width']}x{row['height']}", key)
             wanted = "L" if which == "conf" else info.label_mode
-            if wanted is not None and im.mode != wanted:
+            # uint8 labels may be grayscale or palette (labels.png_mode): the same index values
+            if wanted is not None and im.mode != wanted and not (which == "label" and wanted == "L" and im.mode == "P"):
                 check.add("bad_mask", f"{member} has mode {im.mode}, expected {wanted}", key)
                 return
             if decode:
