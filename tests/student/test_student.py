@@ -143,6 +143,16 @@ def test_train_command_eval_and_student_as_stage_engine(fake, tmp_path):
                 confusion += confusion_counts(truth, decode_label_png(data), len(NAMES), 255, 255)
     assert compute_metrics(confusion).miou == pytest.approx(report["miou"], abs=1e-6)
 
+    # `pseudolabel predict --student`: the student labels single images too
+    image = next(iter(out.shards.values()))[0].image
+    Image.fromarray(image).save(tmp_path / "one.png")
+    assert cli(["predict", str(tmp_path / "one.png"), "--out", str(tmp_path / "pred"), "--set", "device=cpu",
+                "--student", str(tmp_path / "s" / "student.pt")]) == 0
+    npz = np.load(tmp_path / "pred" / "one.npz")
+    assert npz["pred"].shape == image.shape[:2] and npz["probs"].shape == (len(NAMES), *image.shape[:2])
+    assert np.allclose(npz["probs"].sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(npz["pred"], engine.predict([image])[0].pred)
+
 
 def test_fingerprint_changes_with_a_student():
     base = load_config()
