@@ -18,3 +18,9 @@ class TransientReadError(Exception):
 class ShardInferenceError(Exception):
     """Most images of a shard failed inside the engine (a broken engine, not bad data): the shard is
     not marked complete and is retried; one that fails this way every time is reported crashed."""
+
+
+class DeviceFatalError(Exception):
+    """The engine's device failed for good in this process (a non-OOM CUDA error: after one, every
+    later call fails too). The shard in hand is left incomplete; the Ray actor exits so that Ray
+    restarts it with a fresh device context, and the dispatcher retries the shard there."""

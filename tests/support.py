@@ -4,10 +4,12 @@ workers as `tests.support` (test modules themselves are not)."""
 from __future__ import annotations
 
 import io
+import logging
 import os
+from dataclasses import dataclass
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -91,11 +93,63 @@ def broken_engine(cfg):
 
 
 class _Raising(_NoMasks):
-    """An engine that broke: every predict call raises (as a device that went bad would)."""
+    """An engine that broke: every predict call raises. (A CUDA error would make the worker exit
+    instead: tests/run/test_device_errors.py.)"""
 
     def predict(self, images, return_probs=False):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        raise RuntimeError("engine broke: the kernel returned garbage")
 
 
 def raising_engine(cfg):
     return _Raising(cfg)
+
+
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered\nCompile with `TORCH_USE_CUDA_DSA`"
+
+
+class DeviceLost:
+    """Wraps the real engine; predict raises CUDA's sticky error until `marker` exists (it is created
+    by the first failure, so the restarted worker labels normally)."""
+
+    def __init__(self, cfg, marker=None, error=ILLEGAL_ACCESS):
+        from pipeline.engine import Segmenter
+
+        self.real = Segmenter.from_config(cfg)
+        self.marker, self.error = marker, error
+        self.vocabulary, self.num_classes = self.real.vocabulary, self.real.num_classes
+        self.model_identity, self.patch_size = self.real.model_identity, self.real.patch_size
+        self.calls = 0
+
+    def predict(self, images, return_probs=False):
+        self.calls += 1
+        if self.marker is None or not Path(self.marker).exists():
+            if self.marker is not None:
+                Path(self.marker).write_text("failed once")
+            raise RuntimeError(self.error)
+        return self.real.predict(images, return_probs=return_probs)
+
+
+def device_lost_engine(cfg, marker=None):
+    return DeviceLost(cfg, marker)
+
+
+@dataclass(frozen=True)
+class CrashAt:
+    """Fault factory for `run_pipeline(fault_factory=...)`: the worker labeling `shard` exits
+    abruptly (no cleanup, as a killed process would) once more than `after` samples are done,
+    unless the file `marker` exists. The marker is created first, so the retried attempt runs through."""
+
+    shard: str
+    after: int
+    marker: str
+
+    def __call__(self) -> Callable[[Any], None]:
+        return self._on_progress
+
+    def _on_progress(self, p: Any) -> None:
+        if p.shard != self.shard or p.samples <= self.after or os.path.exists(self.marker):
+            return
+        with open(self.marker, "w") as f:
+            f.write(str(os.getpid()))
+        logging.getLogger("pipeline.run.actor").warning("test fault hook: exiting abruptly")
+        os._exit(1)

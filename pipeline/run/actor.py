@@ -1,4 +1,5 @@
-"""The Ray actor: loads the engine once, then labels whole shards on request.
+"""The Ray actor: loads the engine once (`setup`, which reports what it loaded), then labels whole
+shards on request.
 
 `LabelWorker` is a plain class so it can be unit-tested; the runner wraps it with `ray.remote`
 and per-run resources (one GPU each, or `ray.cpus_per_actor` CPUs). Per-batch progress goes to
@@ -12,6 +13,8 @@ import socket
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config
+from pipeline.errors import DeviceFatalError, UserError
+from pipeline.identity import Identity, IdentityMismatch, loaded_identity, mismatch_message
 from pipeline.run.progress import ProgressSender, board_handle, remote_put
 from pipeline.io.shards import ShardSpec
 from pipeline.run.stage import ShardLabeler, ShardProgress, ShardResult
@@ -20,10 +23,13 @@ from pipeline.io.output_dir import OutputDir
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Config], Any]
-# Test-only fault injection: "SHARD:INDEX:MARKER" makes the worker labeling SHARD exit abruptly
-# once INDEX samples are done, unless the file MARKER exists (it is created first, so the
-# retried attempt runs through). Read by the driver and handed to the actors explicitly.
-CRASH_ENV = "PSEUDOLABEL_TEST_CRASH_AT"
+ProgressHook = Callable[[ShardProgress], None]
+# Called once in each worker process to build a hook that sees every progress report of the
+# stage before it is sent (fault injection in tests: tests/support.CrashAt kills the worker part
+# way through a shard). Picklable, as it travels to the actors.
+FaultFactory = Callable[[], ProgressHook]
+DEVICE_FATAL_EXIT = 75  # exit status of a worker whose device failed (EX_TEMPFAIL: retry elsewhere)
+exit_process = os._exit  # module attribute so that tests can observe the exit without dying
 
 
 def default_engine(cfg: Config) -> Any:
@@ -36,28 +42,67 @@ def default_engine(cfg: Config) -> Any:
     return Segmenter.from_config(cfg)
 
 
+class WorkerStartError(UserError):
+    """A worker could not load its engine for a reason that is not already a `UserError` (one line)."""
+
+
 class LabelWorker:
+    """Construction is cheap; `setup()` loads the engine and reports the identity it loaded. The
+    driver calls it before handing out shards, and `label` calls it again after Ray restarted the
+    actor (which re-runs only `__init__`), so no shard is labeled by an unchecked engine."""
+
     def __init__(self, cfg: Config, output: str, progress_board: Optional[str] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
-                 crash_at: Optional[str] = None):
+                 fault_factory: Optional[FaultFactory] = None, expected_identity: Optional[dict[str, Any]] = None):
         _configure_logging(log_level)
         self.cfg = cfg
+        self.output = output
         self.board = board_handle(progress_board) if progress_board else None
         # Coalesced: at most a few messages a second, whatever the batch rate (see progress.py).
         self.sender = ProgressSender(remote_put(self.board)) if self.board is not None else None
-        self.crash_at = _parse_crash(crash_at)
+        self.fault: Optional[ProgressHook] = fault_factory() if fault_factory is not None else None
         self.attempt = 0
-        self.engine = (engine_factory or default_engine)(cfg)
+        self.engine_factory = engine_factory or default_engine
+        self.expected = Identity.from_dict(expected_identity) if expected_identity else None
         self.worker = _worker_id()
-        storage = OutputDir(output, cfg.io.storage_options)
-        self.labeler = ShardLabeler(self.engine, cfg, storage, self.worker, progress=self._report)
-        log.info("worker %s ready (%d classes)", self.worker, self.engine.num_classes)
+        self.engine: Any = None
+        self.identity: Optional[Identity] = None
+        self.labeler: Optional[ShardLabeler] = None
 
     def ping(self) -> str:
         return self.worker
 
+    def setup(self) -> dict[str, Any]:
+        """Load the engine (once) and return {"identity", "describe", "worker"}; raises a `UserError`
+        (its message is one line) when the engine cannot load or is not the one the driver expects."""
+        if self.labeler is None:
+            try:
+                engine = self.engine_factory(self.cfg)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a start-up failure of any kind becomes one typed line
+                text = str(exc).strip().splitlines()
+                raise WorkerStartError(f"worker {self.worker} could not load the engine: {type(exc).__name__}: "
+                                       f"{text[0][:300] if text else ''}") from exc
+            identity = loaded_identity(self.cfg, engine)
+            if self.expected is not None and identity.fingerprint != self.expected.fingerprint:
+                raise IdentityMismatch(mismatch_message(
+                    identity.differences(self.expected), f"worker {self.worker} loaded another engine than the "
+                    "driver checked", "driver has", "worker loaded", "Make every node see the same files "
+                    "(vocabulary, templates, checkpoint) and re-run"))
+            storage = OutputDir(self.output, self.cfg.io.storage_options)
+            self.labeler = ShardLabeler(engine, self.cfg, storage, self.worker, progress=self._report,
+                                        fingerprint=identity.fingerprint)
+            self.engine, self.identity = engine, identity
+            log.info("worker %s ready (%d classes, fingerprint %s)", self.worker, engine.num_classes,
+                     identity.fingerprint)
+        assert self.identity is not None
+        return {"identity": self.identity.to_dict(), "describe": self.describe(), "worker": self.worker}
+
     def describe(self) -> dict[str, Any]:
         """What dataset.json needs to know about the engine."""
+        if self.engine is None:
+            self.setup()
         vocab = self.engine.vocabulary
         return {
             "names": list(vocab.names),
@@ -68,12 +113,22 @@ class LabelWorker:
         }
 
     def label(self, shard: ShardSpec, attempt: int = 0) -> ShardResult:
+        self.setup()  # a no-op unless Ray restarted this actor: then load and check again first
+        assert self.labeler is not None
         self.attempt = attempt
-        return self.labeler.label(shard)
+        try:
+            return self.labeler.label(shard)
+        except DeviceFatalError as exc:
+            # Every later call on this device would fail too: exit, so that Ray restarts the actor with
+            # a fresh device context and the dispatcher retries the shard (left incomplete) there.
+            log.critical("worker %s: %s; exiting for a restart (shard %s retried)", self.worker, exc, shard.name)
+            logging.shutdown()
+            exit_process(DEVICE_FATAL_EXIT)
+            raise  # only reached where exit_process is replaced (tests)
 
     def _report(self, p: ShardProgress) -> None:
-        if self.crash_at and p.shard == self.crash_at[0] and p.samples > self.crash_at[1]:
-            _maybe_crash(self.crash_at[2])
+        if self.fault is not None:
+            self.fault(p)
         if self.sender is not None:
             # Fire and forget: a lost progress message only makes the bar lag, never fails the shard.
             self.sender.send((p.shard, self.attempt, p.samples, p.ok, p.errors))
@@ -98,18 +153,3 @@ def _configure_logging(level: int) -> None:
         logger.addHandler(handler)
         logger.propagate = False  # a root handler added later (open_clip logs at root) would print twice
 
-
-def _parse_crash(spec: Optional[str]) -> Optional[tuple[str, int, str]]:
-    if not spec:
-        return None
-    shard, index, marker = spec.split(":", 2)
-    return shard, int(index), marker
-
-
-def _maybe_crash(marker: str) -> None:
-    if os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(str(os.getpid()))
-    log.warning("test hook %s: exiting abruptly", CRASH_ENV)
-    os._exit(1)

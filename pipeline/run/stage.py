@@ -1,7 +1,7 @@
 """Label one input shard end to end with a given engine: read, decode, infer, encode, write, record.
 
-The engine is passed in (anything with `predict`, `num_classes`, optionally `patch_size`), so the
-stage runs the same inside a Ray actor and in a plain test process. Work overlaps in three lanes:
+The engine is passed in (a `pipeline.engine.protocol.LabelEngine`: `predict`, `num_classes`,
+`patch_size`), so the stage runs the same inside a Ray actor and in a plain test process. Work overlaps in three lanes:
 a reader thread walks the tar and hands images to a thread pool for decoding (bounded by
 io.prefetch_batches), the calling thread runs inference one batch at a time, and PNG encoding of
 batch k runs in the pool while batch k+1 is inferred. Rows and masks are written in input order.
@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.errors import ShardInferenceError, TransientReadError
+from pipeline.errors import DeviceFatalError, ShardInferenceError, TransientReadError
+from pipeline.engine.protocol import LabelEngine, check_engine, engine_device
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
 from pipeline.io.masks import encode_masks, label_format
 from pipeline.io.reader import ReadReport, iter_samples
@@ -29,6 +30,7 @@ from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard
 from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
 from pipeline.io.shards import ShardSpec
 from pipeline.io.output_dir import OutputDir
+from pipeline.run.device_errors import is_fatal_device_error
 from pipeline.timestamps import utc_now_iso
 from pipeline.io.writers import MaskTarWriter, write_manifest
 
@@ -100,8 +102,9 @@ def decode_threads(cfg: Config, device: Any) -> int:
 
 
 class ShardLabeler:
-    def __init__(self, engine: Any, cfg: Config, storage: OutputDir, worker: str = "",
+    def __init__(self, engine: LabelEngine, cfg: Config, storage: OutputDir, worker: str = "",
                  progress: Optional[ProgressFn] = None, fingerprint: Optional[str] = None):
+        check_engine(engine)  # a wrong engine fails here, with what it lacks, not inside a shard
         self.engine = engine
         self.cfg = cfg
         # The content fingerprint the completion records carry: the one the worker computed from
@@ -112,7 +115,7 @@ class ShardLabeler:
         self.progress = progress or (lambda p: None)
         self.fmt = label_format(engine, cfg)
         self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg))
-        self.pool = ThreadPoolExecutor(decode_threads(cfg, getattr(engine, "device", None)),
+        self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),
                                        thread_name_prefix="decode")
         configure_pillow(cfg.io.max_image_pixels)
 
@@ -230,6 +233,8 @@ class ShardLabeler:
         try:
             outs = self.engine.predict(images, return_probs=False)
         except Exception as exc:  # noqa: BLE001 - any engine failure on data is a sample error
+            if is_fatal_device_error(exc):  # the device, not the data: no row, the worker must go
+                raise DeviceFatalError(f"engine device failed: {type(exc).__name__}: {exc}") from exc
             if len(images) == 1:
                 if isinstance(exc, SampleError):
                     return [exc]  # the engine says the image is at fault (e.g. too_small after the resize)
@@ -312,9 +317,9 @@ def _engine_fingerprint(engine: Any, cfg: Config) -> str:
     return (loaded_identity(cfg, engine) if hasattr(engine, "vocabulary") else resolve_identity(cfg)).fingerprint
 
 
-def min_side(engine: Any, cfg: Config) -> int:
-    """The engine's patch size when it exposes one (an image needs a whole patch), else the config."""
-    patch = getattr(engine, "patch_size", None)
+def min_side(engine: LabelEngine, cfg: Config) -> int:
+    """The engine's patch size (an image needs a whole patch), else the config when it gives none."""
+    patch = engine.patch_size
     if isinstance(patch, (tuple, list)):
         patch = max(patch)
     return int(patch) if isinstance(patch, (int, np.integer)) and patch > 0 else cfg.io.min_image_side
