@@ -158,3 +158,12 @@ def test_fingerprint_changes_with_a_student():
     base = load_config()
     assert base.model.student is None
     assert load_config(overrides=["model.student=/x/student.pt"]).fingerprint() != base.fingerprint()
+
+
+def test_both_architectures_give_logits_at_the_input_size():
+    from pipeline.student.model import build_student
+
+    for preset in ("cpu", "gpu"):
+        net = build_student(load_student_config(preset).model, 5).eval()
+        with torch.no_grad():
+            assert net(torch.zeros(1, 3, 48, 64)).shape == (1, 5, 48, 64)
