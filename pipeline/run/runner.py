@@ -22,7 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
-from pipeline.run.actor import CRASH_ENV, EngineFactory, LabelWorker
+from pipeline.run.actor import EngineFactory, FaultFactory, LabelWorker
 from pipeline.run.tally import RunTally
 from pipeline.run.done_index import INDEX_PATH, DoneIndex, load_done_index
 from pipeline.config import Config
@@ -100,8 +100,10 @@ class RunSummary:
 def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
-                 break_lock: bool = False, lock_stale_after_s: Optional[float] = None) -> RunSummary:
+                 break_lock: bool = False, lock_stale_after_s: Optional[float] = None,
+                 fault_factory: Optional[FaultFactory] = None) -> RunSummary:
     """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
+    `fault_factory` (tests) builds a hook in each worker that sees its progress (pipeline.run.actor).
 
     The whole run holds OUTPUT/_lock.json (`break_lock`, `lock_stale_after_s`: see
     `pipeline.run.lock.RunLock`); when another run takes it over, no more shards are handed out
@@ -110,12 +112,12 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
     with out.locked(break_lock=break_lock, stale_after_s=lock_stale_after_s) as lock:
         return _run_locked(input_spec, out, cfg, overwrite=overwrite, ray_address=ray_address,
                            progress=progress or Progress(), engine_factory=engine_factory,
-                           log_level=log_level, lock_lost=lock.lost)
+                           log_level=log_level, lock_lost=lock.lost, fault_factory=fault_factory)
 
 
 def _run_locked(input_spec: str, storage: OutputDir, cfg: Config, *, overwrite: bool, ray_address: Optional[str],
                 progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
-                lock_lost: threading.Event) -> RunSummary:
+                lock_lost: threading.Event, fault_factory: Optional[FaultFactory] = None) -> RunSummary:
     t0 = time.monotonic()
     output = storage.root
     shards = expand_input(input_spec, cfg.io.storage_options)
@@ -133,7 +135,8 @@ def _run_locked(input_spec: str, storage: OutputDir, cfg: Config, *, overwrite: 
     label_seconds = 0.0
     if pending or dataset is None:
         results, described, label_seconds = _label_on_ray(pending, cfg, output, ray_address, progress,
-                                                          engine_factory, log_level, lock_lost)
+                                                          engine_factory, log_level, lock_lost,
+                                                          fault_factory=fault_factory)
         if lock_lost.is_set():
             # Another run owns OUTPUT now: leave dataset.json and _stats.json to it.
             raise LockHeldError(f"lost the lock on {output} to another run; stopped handing out shards")
@@ -196,7 +199,8 @@ def _clear_outputs(storage: Storage) -> None:
 
 def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_address: Optional[str],
                   progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
-                  stop: Optional[threading.Event] = None) -> tuple[RunTally, dict[str, Any], float]:
+                  stop: Optional[threading.Event] = None,
+                  fault_factory: Optional[FaultFactory] = None) -> tuple[RunTally, dict[str, Any], float]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -209,8 +213,7 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         board = ray.remote(ProgressBoard).options(name=board_name, num_cpus=0, scheduling_strategy=here).remote()
         worker_cls = ray.remote(LabelWorker).options(**options)
-        crash_at = os.environ.get(CRASH_ENV)
-        actors = [worker_cls.remote(cfg, output, board_name, engine_factory, log_level, crash_at)
+        actors = [worker_cls.remote(cfg, output, board_name, engine_factory, log_level, fault_factory)
                   for _ in range(count)]
         try:
             ready, reasons = wait_ready(actors, ACTOR_START_TIMEOUT_S)

@@ -16,7 +16,7 @@ from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.run.runner import run_pipeline
 from pipeline.io.schema import manifest_schema
 from pipeline.io.tarfiles import iter_members
-from tests.support import NAMES, PER_SHARD, Recorder
+from tests.support import NAMES, PER_SHARD, CrashAt, Recorder
 from tests.support import assert_same_output, broken_engine, snapshot
 
 
@@ -130,9 +130,9 @@ def test_incremental_pickup_and_unreadable_shard(reference, corpus, tiny_cfg, tm
 def test_actor_killed_mid_shard_gives_identical_output(reference, corpus, tiny_cfg, tmp_path, monkeypatch, caplog):
     out, marker = tmp_path / "out", tmp_path / "crashed"
     # the worker labeling demo-000001 exits abruptly after its first batch (4 of 7 samples)
-    monkeypatch.setenv("PSEUDOLABEL_TEST_CRASH_AT", f"demo-000001:3:{marker}")
+    crash = CrashAt("demo-000001", 3, str(marker))
     with caplog.at_level(logging.WARNING, logger="pipeline.run.dispatch"):
-        summary = run_pipeline(str(corpus), str(out), tiny_cfg("ray.cpu_actors=2"))
+        summary = run_pipeline(str(corpus), str(out), tiny_cfg("ray.cpu_actors=2"), fault_factory=crash)
     assert marker.exists(), "the crash hook did not fire"
     assert any("worker lost" in r.getMessage() and "demo-000001" in r.getMessage() for r in caplog.records)
     assert summary.shards_labeled == 3 and summary.failed_shards == []
