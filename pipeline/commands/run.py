@@ -8,7 +8,7 @@ import sys
 from typing import Any, Optional
 
 from pipeline.cli import add_config_arguments
-from pipeline.run.lock import add_lock_arguments
+from pipeline.run.lock_record import DEFAULT_STALE_AFTER_S, STALE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failure-rate", type=_rate, default=None, metavar="R",
                         help="exit 1 when the share of failed shards or failed samples exceeds R (0..1); "
                              "default: any failed shard, or more than 1%% of samples")
-    add_lock_arguments(parser)  # --break-lock, --lock-stale-after
+    parser.add_argument(
+        "--break-lock", action="store_true",
+        help="take the OUTPUT lock even if another run holds it (only when you know it is dead)",
+    )
+    parser.add_argument(
+        "--lock-stale-after", type=float, default=None, metavar="SECONDS",
+        help=f"a lock whose heartbeat is older than this is broken (default: ${STALE_ENV} "
+             f"or {DEFAULT_STALE_AFTER_S:.0f})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.add_argument("--json", dest="json_summary", action="store_true",
                         help="print the run summary as JSON instead of a table")

@@ -28,10 +28,7 @@ are assumed to be NTP-synchronised to well within `stale_after_s`.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import functools
-import json
 import logging
 import os
 import socket
@@ -39,88 +36,27 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import fsspec
 
 from pipeline.errors import UserError
+from pipeline.io.atomic import commit_local
+from pipeline.io.layout import LOCK_JSON
 from pipeline.io.storage import storage_options_for
+from pipeline.run.lock_record import (  # noqa: F401 - LockRecord and the staleness settings are part of this API
+    DEFAULT_STALE_AFTER_S, STALE_ENV, LockRecord, dead_grace, default_stale_after_s, pid_alive, pid_start,
+)
 from pipeline.timestamps import utc_now_iso
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "_lock.json"
-STALE_ENV = "PSEUDOLABEL_LOCK_STALE_S"
-DEFAULT_STALE_AFTER_S = 300.0
+LOCK_NAME = LOCK_JSON
 _ACQUIRE_ATTEMPTS = 4
 
 
 class LockHeldError(UserError):
     """Another live run holds the lock on this OUTPUT."""
-
-
-@dataclass
-class LockRecord:
-    """Contents of `_lock.json`."""
-
-    run_id: str
-    host: str
-    pid: int
-    started_at: str  # ISO 8601, UTC
-    heartbeat_at: str  # ISO 8601, UTC; refreshed every `heartbeat_s`
-    heartbeat_s: float
-    stale_after_s: float
-    output: str
-    command: str
-    pid_start: Optional[str] = None  # /proc/<pid>/stat start time: tells a reused pid apart
-    version: int = 1
-
-    @classmethod
-    def from_json(cls, blob: bytes) -> "LockRecord":
-        data = json.loads(blob)
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-    def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode()
-
-    def heartbeat_age(self, now: Optional[float] = None) -> float:
-        now = time.time() if now is None else now
-        return now - _parse_time(self.heartbeat_at)
-
-    def describe(self) -> str:
-        age = self.heartbeat_age()
-        return (
-            f"run {self.run_id} on host {self.host} pid {self.pid} "
-            f"(started {self.started_at}, last heartbeat {age:.0f}s ago, command: {self.command})"
-        )
-
-
-def default_stale_after_s() -> float:
-    raw = os.environ.get(STALE_ENV)
-    if not raw:
-        return DEFAULT_STALE_AFTER_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise UserError(f"{STALE_ENV}={raw!r} is not a number of seconds") from exc
-    if value <= 0:
-        raise UserError(f"{STALE_ENV}={raw!r} must be a positive number of seconds")
-    return value
-
-
-def add_lock_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--break-lock` and `--lock-stale-after` for commands that write an OUTPUT."""
-    parser.add_argument(
-        "--break-lock", action="store_true",
-        help="take the OUTPUT lock even if another run holds it (only when you know it is dead)",
-    )
-    parser.add_argument(
-        "--lock-stale-after", type=float, default=None, metavar="SECONDS",
-        help=f"a lock whose heartbeat is older than this is broken (default: ${STALE_ENV} "
-             f"or {DEFAULT_STALE_AFTER_S:.0f})",
-    )
 
 
 class RunLock:
@@ -241,7 +177,7 @@ class RunLock:
             run_id=self.run_id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
             heartbeat_at=now, heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s,
             output=self.output_url, command=" ".join(sys.argv)[:500],
-            pid_start=_pid_start(os.getpid()),
+            pid_start=pid_start(os.getpid()),
         )
 
     def _create(self, record: LockRecord) -> bool:
@@ -307,7 +243,7 @@ class RunLock:
             tmp = f"{self.path}.{self.run_id}.hb.tmp"
             with open(tmp, "wb") as f:
                 f.write(blob)
-            os.replace(tmp, self.path)
+            commit_local(tmp, self.path)
         else:
             self.fs.pipe_file(self.path, blob)
 
@@ -316,9 +252,9 @@ class RunLock:
         age = holder.heartbeat_age()
         same_host = holder.host == socket.gethostname()
         if same_host:
-            if _pid_alive(holder.pid, holder.pid_start):
+            if pid_alive(holder.pid, holder.pid_start):
                 return None
-            if age > _dead_grace(holder, self.stale_after_s):
+            if age > dead_grace(holder, self.stale_after_s):
                 return f"its process {holder.pid} on this host is gone and it missed its heartbeats"
             return None
         if age > self.stale_after_s:
@@ -331,9 +267,9 @@ class RunLock:
         The grace of two heartbeats guards against another machine (or container with its own pid
         namespace) that shares this host name: a live holder there keeps its heartbeat fresh.
         """
-        if holder.host != socket.gethostname() or _pid_alive(holder.pid, holder.pid_start):
+        if holder.host != socket.gethostname() or pid_alive(holder.pid, holder.pid_start):
             return None
-        return max(0.0, _dead_grace(holder, self.stale_after_s) - holder.heartbeat_age()) + 0.1
+        return max(0.0, dead_grace(holder, self.stale_after_s) - holder.heartbeat_age()) + 0.1
 
     # -- heartbeat ------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
@@ -370,24 +306,6 @@ class RunLock:
             self.on_lost(message)
 
 
-def holds_output_lock(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for `run(input_spec, output, cfg, ...)`: hold `RunLock(output)` for the whole call.
-
-    Adds two keyword arguments: `break_lock` (bool) and `lock_stale_after_s` (seconds or None), and
-    hands `run` the lock's `lost` event as `lock_lost=`, so that it can stop when another run takes over.
-    """
-
-    @functools.wraps(run)
-    def locked(input_spec: Any, output: str, cfg: Any, *args: Any, break_lock: bool = False,
-               lock_stale_after_s: Optional[float] = None, **kwargs: Any) -> Any:
-        with RunLock(output, cfg.io.storage_options, lock_stale_after_s, break_lock=break_lock) as lock:
-            result = run(input_spec, output, cfg, *args, lock_lost=lock.lost, **kwargs)
-            lock.check()  # a run that lost its lock part way must not report success
-            return result
-
-    return locked
-
-
 def read_lock(output_url: str, storage_options: Optional[dict[str, Any]] = None) -> Optional[LockRecord]:
     """The current lock record of an OUTPUT, or None (for status tools and tests)."""
     fs, root = fsspec.core.url_to_fs(output_url, **storage_options_for(output_url, storage_options))
@@ -395,10 +313,6 @@ def read_lock(output_url: str, storage_options: Optional[dict[str, Any]] = None)
         return LockRecord.from_json(fs.cat_file(f"{root.rstrip('/')}/{LOCK_NAME}"))
     except FileNotFoundError:
         return None
-
-
-def _dead_grace(holder: LockRecord, stale_after_s: float) -> float:
-    return min(2 * max(holder.heartbeat_s, 0.1), stale_after_s)
 
 
 def _create_local(path: str, blob: bytes) -> bool:
@@ -430,38 +344,3 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def _pid_start(pid: int) -> Optional[str]:
-    """Start time of `pid` in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-    return fields[19] if len(fields) > 19 else None
-
-
-def _pid_alive(pid: int, pid_start: Optional[str]) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return True  # no /proc (macOS): trust kill(0)
-    fields = stat[stat.rfind(")") + 2:].split()
-    if fields and fields[0] in ("Z", "X"):
-        return False  # zombie: killed, not yet reaped
-    if pid_start is not None and len(fields) > 19 and fields[19] != pid_start:
-        return False  # the pid now belongs to another process
-    return True
-
-
-def _parse_time(stamp: str) -> float:
-    return dt.datetime.fromisoformat(stamp).timestamp()
