@@ -13,6 +13,7 @@ import socket
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config
+from pipeline.engine.protocol import DescribedEngine
 from pipeline.errors import DeviceFatalError, UserError
 from pipeline.identity import Identity, IdentityMismatch, loaded_identity, mismatch_message
 from pipeline.run.progress import ProgressSender, board_handle, remote_put
@@ -22,7 +23,7 @@ from pipeline.io.output_dir import OutputDir
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[Config], Any]
+EngineFactory = Callable[[Config], DescribedEngine]  # pipeline/engine/protocol.py
 ProgressHook = Callable[[ShardProgress], None]
 # Called once in each worker process to build a hook that sees every progress report of the
 # stage before it is sent (fault injection in tests: tests/support.CrashAt kills the worker part
@@ -32,7 +33,7 @@ DEVICE_FATAL_EXIT = 75  # exit status of a worker whose device failed (EX_TEMPFA
 exit_process = os._exit  # module attribute so that tests can observe the exit without dying
 
 
-def default_engine(cfg: Config) -> Any:
+def default_engine(cfg: Config) -> DescribedEngine:
     if cfg.model.student:  # a student of `pseudolabel train` labels instead of CLIP
         from pipeline.student.engine import StudentEngine
 
@@ -65,7 +66,7 @@ class LabelWorker:
         self.engine_factory = engine_factory or default_engine
         self.expected = Identity.from_dict(expected_identity) if expected_identity else None
         self.worker = _worker_id()
-        self.engine: Any = None
+        self.engine: Optional[DescribedEngine] = None
         self.identity: Optional[Identity] = None
         self.labeler: Optional[ShardLabeler] = None
 
