@@ -69,7 +69,7 @@ def configure_pillow(max_pixels: int) -> None:
 
 
 def decode_image(data: bytes, limits: DecodeLimits) -> Decoded:
-    img = _open(data)
+    img = _open(data, limits)
     width, height = img.size
     if width * height > limits.max_pixels:
         raise SampleError(TOO_LARGE, f"{width}x{height} = {width * height} pixels exceeds io.max_image_pixels "
@@ -79,7 +79,7 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Decoded:
     try:
         img.load()
     except Image.DecompressionBombError as exc:
-        raise SampleError(TOO_LARGE, str(exc)) from exc
+        raise SampleError(TOO_LARGE, _bomb(exc, limits)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or damaged pixel data
         raise SampleError(CORRUPT, f"cannot decode pixels: {exc}") from exc
     img = _exif_transpose(img)
@@ -112,11 +112,16 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     raise SampleError(UNSUPPORTED_MODE, f"Pillow mode {mode!r} has no safe conversion to RGB")
 
 
-def _open(data: bytes) -> Image.Image:
+def _bomb(exc: Exception, limits: DecodeLimits) -> str:
+    # Pillow's own text quotes its limit (twice MAX_IMAGE_PIXELS), not the key the user can change.
+    return f"more pixels than io.max_image_pixels ({limits.max_pixels}): {exc}"
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise SampleError(TOO_LARGE, str(exc)) from exc
+        raise SampleError(TOO_LARGE, _bomb(exc, limits)) from exc
     except UnidentifiedImageError as exc:
         raise SampleError(CORRUPT, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -116,3 +116,16 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     out = decode_image(encode(img, "JPEG", exif=exif.tobytes()), LIMITS)
     assert out.rgb.shape == (40, 20, 3)
+
+
+def test_bomb_message_quotes_the_configured_pixel_limit():
+    import io
+
+    from pipeline.io.decode import configure_pillow
+
+    buf = io.BytesIO()
+    Image.new("1", (20000, 10000)).save(buf, format="PNG")  # 2e8 pixels: past Pillow's own bomb limit
+    configure_pillow(5000)
+    with pytest.raises(SampleError) as info:
+        decode_image(buf.getvalue(), DecodeLimits(max_pixels=5000, min_side=16))
+    assert info.value.kind == "too_large" and "io.max_image_pixels (5000)" in info.value.message
