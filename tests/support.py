@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tarfile
 from dataclasses import dataclass
 
 from pathlib import Path
@@ -153,3 +154,18 @@ class CrashAt:
             f.write(str(os.getpid()))
         logging.getLogger("pipeline.run.actor").warning("test fault hook: exiting abruptly")
         os._exit(1)
+
+
+def hostile_tar(path, declared=10**15):
+    """s0.png, then a member declaring `declared` bytes whose data ends after 1 KiB."""
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("s0.png")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"png"))
+    head = good.getvalue()
+    head = head[: 512 + 512]  # s0.png header + data block, without the end-of-archive blocks
+    info = tarfile.TarInfo("s1.bin")
+    info.size = declared
+    path.write_bytes(head + info.tobuf(tarfile.PAX_FORMAT) + b"\x01" * 1024)
+    return path

@@ -25,8 +25,6 @@ raise: the shard must be retried, not recorded as truncated.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import lzma
 import posixpath
 import tarfile
@@ -37,7 +35,7 @@ from typing import Any, Iterator, Optional
 from pipeline.io.layout import ErrorKind
 from pipeline.io.records import SampleError, SampleResult
 from pipeline.io.storage import open_input
-from pipeline.io.tarstream import Cursor, Source
+from pipeline.io.tarstream import Cursor, member_bytes, members, open_cursor
 
 TRUNCATED_TAR = ErrorKind.TRUNCATED_TAR
 DUPLICATE_KEY = ErrorKind.DUPLICATE_KEY
@@ -94,10 +92,9 @@ def iter_samples(url: str, extensions: list[str], report: ReadReport,
     pending: Optional[_Pending] = None
     try:
         with open_input(url, options) as raw:
-            cursor = _cursor(raw, url, max_member_bytes)
+            cursor = open_cursor(raw, url, max_member_bytes)
             tar = tarfile.open(fileobj=cursor, mode="r:")  # type: ignore[call-overload]
-            while (member := tar.next()) is not None:
-                tar.members.clear()  # tarfile keeps every header; one shard may have millions
+            for member in members(tar):
                 report.members += 1
                 key, ext, reason = _sample_member(member)
                 if key is None:
@@ -172,22 +169,10 @@ def _read_member(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo, 
         return
     pending.too_large = None
     try:
-        pending.data = _member_bytes(cursor, tar, member)
+        pending.data = member_bytes(cursor, tar, member)
     except STREAM_ERRORS:
         pending.broken = True
         raise
-
-
-def _member_bytes(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    if member.issparse():
-        f = tar.extractfile(member)  # holes to fill in: let tarfile assemble it
-        return f.read() if f is not None else b""
-    cursor.seek(member.offset_data)
-    data = cursor.read(member.size)
-    if len(data) != member.size:
-        raise tarfile.ReadError(f"unexpected end of data in member {member.name} "
-                                f"({len(data)} of {member.size} bytes)")
-    return data
 
 
 def _finish(pending: _Pending, url: str, shape: _Shape, report: ReadReport) -> SampleResult:
@@ -214,16 +199,3 @@ def _check_end(cursor: Cursor, offset: int) -> None:
     block = cursor.bytes_at(offset, BLOCK)
     if len(block) < BLOCK or block.count(0) != BLOCK:
         raise tarfile.ReadError(f"archive ends at byte {offset} without an end-of-archive block (truncated)")
-
-
-def _cursor(raw: Any, url: str, max_read: int) -> Cursor:
-    """Undo gzip/bz2/xz here rather than in tarfile, so the cursor's offsets are tar offsets."""
-    source = Source(raw, url)
-    head = source.peek(6)
-    if head.startswith(b"\x1f\x8b"):
-        return Cursor(gzip.GzipFile(fileobj=source, mode="rb"), max_read)  # type: ignore[arg-type]
-    if head.startswith(b"BZh"):
-        return Cursor(bz2.BZ2File(source, mode="rb"), max_read)  # type: ignore[arg-type]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return Cursor(lzma.LZMAFile(source, mode="rb"), max_read)  # type: ignore[arg-type]
-    return Cursor(source, max_read, source)

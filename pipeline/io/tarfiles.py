@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import IO, Literal, overload
 
 from pipeline.io.atomic import atomic_local_path
+from pipeline.io.tarstream import member_bytes, members, open_cursor
 
 # For short ASCII names PAX writes plain ustar headers (the same bytes as USTAR_FORMAT); unlike
 # USTAR it can still store names over 100 characters and members over 8 GiB.
 TAR_FORMAT = tarfile.PAX_FORMAT
+# Largest single member (or header) `iter_members` reads into memory; a bigger one is a ReadError.
+MAX_MEMBER_READ = 16 * 2**30
 
 Source = str | os.PathLike[str] | IO[bytes]
 
@@ -73,12 +76,14 @@ def iter_members(source: Source, read: bool | Callable[[str], bool] = True) -> I
         with open(source, "rb") as f:
             yield from iter_members(f, read)
         return
-    with tarfile.open(fileobj=source, mode="r|*") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            if not (read(info.name) if callable(read) else read):
-                yield info.name, None
-                continue
-            extracted = tar.extractfile(info)
-            yield info.name, extracted.read() if extracted is not None else b""
+    # tarfile's stream mode would skip a member by reading its declared size block by block, for
+    # ever when a hostile header declares 10^15 bytes; the cursor seeks, or reads what is there.
+    cursor = open_cursor(source, str(getattr(source, "name", "tar")), MAX_MEMBER_READ, typed_errors=False)
+    tar = tarfile.open(fileobj=cursor, mode="r:")  # type: ignore[call-overload]
+    for info in members(tar):
+        if not info.isreg():
+            continue
+        if not (read(info.name) if callable(read) else read):
+            yield info.name, None
+            continue
+        yield info.name, member_bytes(cursor, tar, info)

@@ -18,6 +18,9 @@ the tar parser above does not mistake for a truncated archive.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import tarfile
 from typing import IO, Any, Optional
 
@@ -43,8 +46,9 @@ def _size(raw: Any) -> Optional[int]:
 class Source:
     """The raw input, read forward only; `head` bytes can be peeked (compression sniffing)."""
 
-    def __init__(self, raw: IO[bytes], url: str):
+    def __init__(self, raw: IO[bytes], url: str, typed_errors: bool = True):
         self.raw, self.url = raw, url
+        self.typed_errors = typed_errors  # False: the input's own exceptions pass through unchanged
         self.pos = 0  # bytes consumed by readers of this object (= the raw position once `head` is empty)
         self.size = _size(raw)  # None: not seekable
         self._head = b""
@@ -75,6 +79,8 @@ class Source:
             # reads there return b"" all the same.
             self.raw.seek(min(self.pos + n, self.size))
         except Exception as exc:  # noqa: BLE001 - any failure of the input itself is transport
+            if not self.typed_errors:
+                raise
             raise TransientReadError(f"seeking in {self.url} at byte {self.pos} failed: "
                                      f"{type(exc).__name__}: {exc}; the shard is retried") from exc
         self.pos += n
@@ -84,6 +90,8 @@ class Source:
         try:
             return self.raw.read(n)
         except Exception as exc:  # noqa: BLE001 - any failure of the input itself is transport
+            if not self.typed_errors:
+                raise
             raise TransientReadError(f"reading {self.url} failed at byte {self.pos}: "
                                      f"{type(exc).__name__}: {exc}; the shard is retried") from exc
 
@@ -161,3 +169,38 @@ class Cursor:
         """Bytes [offset, offset + n): a step back within what was kept, or a read ahead."""
         self.seek(offset)
         return self.read(n)
+
+
+def open_cursor(raw: Any, url: str, max_read: int, typed_errors: bool = True) -> Cursor:
+    """A cursor over the tar in `raw`, gzip/bz2/xz undone here rather than in tarfile so that the
+    cursor's offsets are tar offsets. Open the tar with `tarfile.open(fileobj=cursor, mode="r:")`."""
+    source = Source(raw, url, typed_errors)
+    head = source.peek(6)
+    if head.startswith(b"\x1f\x8b"):
+        return Cursor(gzip.GzipFile(fileobj=source, mode="rb"), max_read)  # type: ignore[arg-type]
+    if head.startswith(b"BZh"):
+        return Cursor(bz2.BZ2File(source, mode="rb"), max_read)  # type: ignore[arg-type]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return Cursor(lzma.LZMAFile(source, mode="rb"), max_read)  # type: ignore[arg-type]
+    return Cursor(source, max_read, source)
+
+
+def members(tar: tarfile.TarFile) -> Any:
+    """tarfile's headers one by one, without the list of every header tarfile keeps (a shard may
+    have millions of members)."""
+    while (member := tar.next()) is not None:
+        tar.members.clear()
+        yield member
+
+
+def member_bytes(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The data of a regular member, read in one piece (its size was checked by the caller)."""
+    if member.issparse():
+        f = tar.extractfile(member)  # holes to fill in: let tarfile assemble it
+        return f.read() if f is not None else b""
+    cursor.seek(member.offset_data)
+    data = cursor.read(member.size)
+    if len(data) != member.size:
+        raise tarfile.ReadError(f"unexpected end of data in member {member.name} "
+                                f"({len(data)} of {member.size} bytes)")
+    return data

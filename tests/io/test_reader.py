@@ -8,6 +8,7 @@ import pytest
 from pipeline.errors import TransientReadError
 from pipeline.io.reader import ReadReport, iter_samples, split_member_name, unsafe_key
 from pipeline.io.tarfiles import write_tar
+from tests.support import hostile_tar
 
 EXTS = ["jpg", "jpeg", "png", "webp"]
 
@@ -197,21 +198,6 @@ def test_member_over_max_member_bytes_is_too_large_and_not_read(tmp_path):
     # the preferred member is too large: the sample is a row saying so (no silent fall-back to .png)
     assert err.kind == "too_large" and "5000 bytes" in err.message and "io.max_member_bytes=1000" in err.message
     assert samples[1].data is None and report.failure is None
-
-
-def hostile_tar(path, declared=10**15):
-    """s0.png, then a member declaring `declared` bytes whose data ends after 1 KiB."""
-    good = tmp = io.BytesIO()
-    with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("s0.png")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"png"))
-    head = good.getvalue()
-    head = head[: 512 + 512]  # s0.png header + data block, without the end-of-archive blocks
-    info = tarfile.TarInfo("s1.bin")
-    info.size = declared
-    path.write_bytes(head + info.tobuf(tarfile.PAX_FORMAT) + b"\x01" * 1024)
-    return path
 
 
 @pytest.mark.timeout(30)

@@ -113,3 +113,26 @@ def test_truncated_tar_raises_after_the_members_before_the_cut(tmp_path):
     with pytest.raises((tarfile.TarError, OSError)):
         got.extend(iter_members(cut))
     assert got == MEMBERS[:2]
+
+
+@pytest.mark.timeout(30)
+def test_iter_members_skips_a_member_declaring_a_petabyte_in_bounded_time(tmp_path):
+    import gzip
+    import subprocess
+
+    from tests.support import hostile_tar
+
+    path = hostile_tar(tmp_path / "h.tar")
+    gz = tmp_path / "h.tar.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    wanted = {"s0.png"}.__contains__
+    for source in (path, gz):
+        got = []
+        with pytest.raises(tarfile.ReadError, match="end of data"):
+            for name, data in iter_members(source, read=wanted):
+                got.append((name, data))
+        assert got == [("s0.png", b"png"), ("s1.bin", None)]
+    proc = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)  # a stream that cannot seek
+    with pytest.raises(tarfile.ReadError):
+        list(iter_members(proc.stdout, read=wanted))
+    proc.wait()
