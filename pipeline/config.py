@@ -23,7 +23,7 @@ CONF_DIR = conf_dir()
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 
 BaseMethod = Literal["vanilla", "sclip", "clearclip", "naclip"]
-Precision = Literal["float32", "bfloat16", "float16"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 PamrKernelChoice = Literal["auto", "sparse", "shifted", "stencil"]
 
 
@@ -101,6 +101,9 @@ class InferenceConfig:
     # torch.compile the shifted PAMR propagation, after a one-off compile per crop shape (~1 min on
     # 2 cores). With pamr_kernel auto, compile picks the shifted kernel.
     compile: bool = False
+    # CUDA, float32: matmuls and convolutions in TF32 (10-bit mantissa, ~8x the float32 rate on
+    # H100/H200). Off reproduces float32 exactly.
+    tf32: bool = True
 
 
 @dataclass
@@ -124,6 +127,9 @@ class RayConfig:
     cpu_actors: int = 2
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0  # below 1, several actors share a GPU (e.g. 0.5: two per GPU)
+    # CPUs reserved per GPU actor; 0 = auto: the GPU node's cores / its actors (pipeline/run/placement.py),
+    # and the actor's decode pool is sized to match.
+    cpus_per_gpu_actor: float = 0.0
     stall_timeout_s: float = 900.0  # give up on the queued shards when no worker is alive for this long
     max_actor_restarts: int = 3  # restarts of a lost actor (infrastructure failures only)
     max_shard_retries: int = 3  # re-submissions of a shard whose worker was lost
@@ -149,6 +155,8 @@ class Config:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     batch_size: int = 8  # images per engine call
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: float32 on CPU; on CUDA bfloat16 (the predicted choice until the GPU check measures its
+    # agreement with float32). Weights are cast once for the chosen precision; logits stay float32.
     precision: Precision = "float32"
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +235,7 @@ RANGES: dict[str, Range] = {
     "ray.cpu_actors": Range(1),
     "ray.cpus_per_actor": Range(0, open_low=True),
     "ray.gpus_per_actor": Range(0, open_low=True, note="below 1, actors share a GPU"),
+    "ray.cpus_per_gpu_actor": Range(0, note="0 = auto"),
     "ray.stall_timeout_s": Range(0, open_low=True),
     "ray.max_actor_restarts": Range(0),
     "ray.max_shard_retries": Range(0),

@@ -169,3 +169,14 @@ def hostile_tar(path, declared=10**15):
     info.size = declared
     path.write_bytes(head + info.tobuf(tarfile.PAX_FORMAT) + b"\x01" * 1024)
     return path
+
+
+class PoolSizeProbe:
+    """A Ray actor that reports the decode pool a CUDA labeler would start with (tests/run/test_placement.py)."""
+
+    def size(self):
+        from types import SimpleNamespace
+
+        from pipeline.run.stage import decode_threads
+
+        return decode_threads(SimpleNamespace(io=SimpleNamespace(decode_threads=0)), SimpleNamespace(type="cuda"))

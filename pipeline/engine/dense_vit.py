@@ -39,6 +39,24 @@ class DenseViT(nn.Module):
         self.rcs_mix = Mix(method.rcs.tau, method.rcs.lam)
         self.sfr_mix = Mix(method.sfr.tau, method.sfr.lam)
 
+    def cast_matmul_weights(self, dtype: torch.dtype) -> None:
+        """Store the weights of every matrix product (patch conv, qkv, out_proj, MLP, proj) in `dtype`.
+        autocast caches casts only for weights that require grad: frozen float32 weights are cast
+        again on every call. Autocast would feed these same rounded values to the same kernels, so
+        the numbers do not change; LayerNorms, embeddings and the class token stay float32 (autocast
+        runs layer_norm in float32 with the float32 parameters)."""
+        v = self.visual
+        v.conv1.to(dtype)
+        for blk in self.blocks:
+            blk.attn.in_proj_weight.data = blk.attn.in_proj_weight.data.to(dtype)
+            if blk.attn.in_proj_bias is not None:
+                blk.attn.in_proj_bias.data = blk.attn.in_proj_bias.data.to(dtype)
+            blk.attn.out_proj.to(dtype)
+            for layer in blk.mlp.modules():
+                if isinstance(layer, nn.Linear):
+                    layer.to(dtype)
+        v.proj.data = v.proj.data.to(dtype)
+
     @property
     def num_heads(self) -> int:
         return self.blocks[-1].attn.num_heads

@@ -88,17 +88,19 @@ class _Unreadable(Exception):
 
 
 def decode_threads(cfg: Config, device: Any) -> int:
-    """`io.decode_threads`, or when 0 the host's cores per GPU on CUDA (decoding plus PNG encoding
-    cost ~10 ms of CPU per 336x448 image, so ~1,000 images/s per GPU needs ~10 cores), and 2 on a
-    CPU device, whose cores inference already uses."""
+    """`io.decode_threads`, or when 0: on CUDA the CPUs this actor holds (Ray's reservation, or
+    outside Ray the host's cores per GPU) minus the inference and reader threads (decoding plus PNG
+    encoding cost ~10 ms of CPU per 336x448 image, so ~1,000 images/s per GPU needs ~10 cores,
+    pipeline/run/placement.py); 2 on a CPU device, whose cores inference already uses."""
     if cfg.io.decode_threads > 0:
         return cfg.io.decode_threads
     if getattr(device, "type", "cpu") != "cuda":
         return 2
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, cores // max(1, torch.cuda.device_count()))
+    from pipeline.run.placement import assigned_cpus, host_cpus_per_gpu, pool_threads
+
+    return pool_threads(assigned_cpus() or host_cpus_per_gpu(torch.cuda.device_count()))
 
 
 class ShardLabeler:
