@@ -22,6 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure the driver instead: the real dispatcher with instant fake workers")
     parser.add_argument("--shards", type=int, default=10000, help="--dispatch: shards to hand out (default 10000)")
     parser.add_argument("--actors", type=int, default=4, help="--dispatch: fake workers (default 4)")
+    parser.add_argument("--corpus", choices=["synthetic", "real"], default="synthetic",
+                        help="real: photo-sized JPEGs and benchmark vocabularies (pipeline/bench_real.py)")
+    parser.add_argument("--megapixels", default="0.3,3,12",
+                        help="--corpus real: JPEG sizes in MP (default 0.3,3,12; the full range: 0.3,2,6,12,24)")
+    parser.add_argument("--vocabularies", default="voc21,ade20k,coco_stuff", help="--corpus real: conf/vocabularies")
+    parser.add_argument("--repeats", type=int, default=2, help="--corpus real: images (and post repeats) per cell")
+    parser.add_argument("--post-megapixels", default="0.15,0.8,3,24",
+                        help="--corpus real: sizes of the post-processing scaling table ('' to skip)")
+    parser.add_argument("--untiled-up-to", type=float, default=0.0,
+                        help="--corpus real: also time the untiled post-processing up to this many MP (memory!)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,6 +39,8 @@ def main(args: argparse.Namespace) -> int:
         from pipeline.run.dispatch_bench import main_dispatch
 
         return main_dispatch(args.shards, args.actors, args.json)
+    if args.corpus == "real":
+        return _main_real(args)
     from pipeline.benchmark import bench_images, run_benchmark
 
     config = args.config or str(CONF_DIR / "bench" / "cpu_tiny.yaml")
@@ -43,6 +55,33 @@ def main(args: argparse.Namespace) -> int:
     print(format_result(res.to_json()))
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_json(), indent=1))
+    return 0
+
+
+def _main_real(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from pipeline.bench_real import format_post_scaling, format_real_corpus, post_scaling, real_corpus
+
+    cfg = load_config(args.config or str(CONF_DIR / "bench" / "cpu_tiny.yaml"), args.overrides)
+    try:
+        sizes = [float(v) for v in args.megapixels.split(",") if v]
+        post_sizes = [float(v) for v in args.post_megapixels.split(",") if v]
+    except ValueError as exc:
+        raise UserError(f"--megapixels and --post-megapixels are comma lists of numbers ({exc})") from exc
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {cfg.device}"
+    doc: dict = {"machine": machine}
+    if post_sizes:
+        doc["post_scaling"] = post_scaling(post_sizes, repeats=max(1, args.repeats), threads=torch.get_num_threads(),
+                                           untiled_up_to_mp=args.untiled_up_to)
+        print(format_post_scaling(doc["post_scaling"]))
+    if sizes:
+        doc["real_corpus"] = real_corpus(cfg, sizes, args.vocabularies.split(","), repeats=max(1, args.repeats))
+        print(format_real_corpus(doc["real_corpus"], machine))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0
 
 
