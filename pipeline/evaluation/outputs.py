@@ -143,5 +143,6 @@ def ok_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def per_shard(frame: pd.DataFrame, column: str = "shard") -> Iterator[tuple[str, pd.DataFrame]]:
     """Group rows by shard, keeping first-appearance order and row order inside each shard."""
-    for name in dict.fromkeys(frame[column]):
-        yield str(name), frame[frame[column] == name]
+    # One groupby pass (sort=False keeps first-appearance order), not one filter of the frame per shard.
+    for name, rows in frame.groupby(column, sort=False):
+        yield str(name), rows

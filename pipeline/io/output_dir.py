@@ -14,6 +14,7 @@ import posixpath
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
@@ -150,21 +151,29 @@ class OutputDir:
         names = self.shard_names(layout.MANIFEST_DIR, layout.MANIFEST_SUFFIX)
         return sorted(layout.manifest_path(n) for n in names)
 
-    def load_manifest(self) -> pd.DataFrame:
-        """All manifest rows of the output, with an added `shard` column (the NAME of NAME.parquet)."""
+    def load_manifest(self, columns: Optional[Iterable[str]] = None, workers: int = 16) -> pd.DataFrame:
+        """All manifest rows of the output, with an added `shard` column (the NAME of NAME.parquet).
+
+        `columns`: read only these (plus `shard`); the files are read in parallel (object stores
+        are slow per request) and joined as Arrow before one conversion to pandas."""
         files = self.manifest_files()
         if not files:
             raise UserError(f"no manifest/*.parquet under {self.root}: has `pseudolabel run` finished any shard?")
-        frames = []
-        for rel in files:
+        wanted = list(dict.fromkeys(columns)) if columns is not None else None
+        need = [c for c in _REQUIRED_COLUMNS if wanted is None or c in wanted]
+
+        def read(rel: str) -> Any:
             with self.open(rel) as f:
-                frame = pq.read_table(f).to_pandas()
-            missing = [c for c in _REQUIRED_COLUMNS if c not in frame.columns]
+                table = pq.read_table(f, columns=wanted)
+            missing = [c for c in need if c not in table.column_names]
             if missing:
                 raise UserError(f"{self.url(rel)} lacks manifest columns {missing}: not a manifest-v1 file")
-            frame["shard"] = layout.shard_name(posixpath.basename(rel), layout.MANIFEST_SUFFIX)
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True)
+            name = layout.shard_name(posixpath.basename(rel), layout.MANIFEST_SUFFIX)
+            return table.append_column("shard", pa.array([name] * table.num_rows, pa.string()))
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(files)))) as pool:
+            tables = list(pool.map(read, files))
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     # -- the run lock ---------------------------------------------------------------------
     @contextlib.contextmanager

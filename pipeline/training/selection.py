@@ -20,6 +20,10 @@ from pipeline.evaluation.outputs import (
 
 log = logging.getLogger(__name__)
 
+# Manifest columns the selection reads (plus classes/class_pixels when a class filter is set).
+_SELECT_COLUMNS = ("key", "source_shard", "image_member", "status", "mask_shard", "label_member", "conf_member",
+                   "mean_confidence")
+
 
 @dataclass
 class SampleFilter:
@@ -100,7 +104,9 @@ def select_shards(
     """
     output = output_dir if isinstance(output_dir, OutputDir) else OutputDir(str(output_dir), storage_options)
     info = output.info
-    manifest = output.load_manifest()
+    filter_columns = ["classes", "class_pixels"] if (sample_filter and (sample_filter.required_classes or
+                                                                        sample_filter.excluded_classes)) else []
+    manifest = output.load_manifest(columns=[*_SELECT_COLUMNS, *filter_columns])
     sample_filter = sample_filter or SampleFilter()
     kept = ok_rows(manifest[sample_filter.mask(manifest, info)])
     kept = kept[kept["image_member"].notna()]
