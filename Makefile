@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (label the demo corpus on a local Ray) and `make test`.
+# Entry points: `make demo` (label the demo corpus on a local Ray), `make test` (everything, as CI
+# runs it) and `make test-fast` (the edit loop: skips tests marked `slow`).
 # Both create .venv and install the project on first use; later runs reuse it.
 PY ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +21,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
+
+# Skips `slow`: Ray kill/resume, cluster and object-store tests, the wheel install.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 bench: setup
 	$(BIN)/pseudolabel bench --json bench.json

@@ -25,6 +25,7 @@ def run_cli(tiny_overrides, *args, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # kills the driver, then resumes
 @pytest.mark.timeout(400)
 def test_driver_killed_then_rerun_equals_uninterrupted_run(reference, corpus, tiny_overrides, tmp_path):
     out = tmp_path / "out"

@@ -126,6 +126,7 @@ def test_incremental_pickup_and_unreadable_shard(reference, corpus, tiny_cfg, tm
     assert_same_output(snapshot(reference[0], NAMES), snapshot(out, NAMES))
 
 
+@pytest.mark.slow  # kills a Ray worker mid-shard
 @pytest.mark.timeout(240)
 def test_actor_killed_mid_shard_gives_identical_output(reference, corpus, tiny_cfg, tmp_path, monkeypatch, caplog):
     out, marker = tmp_path / "out", tmp_path / "crashed"
