@@ -19,11 +19,12 @@ from pipeline.errors import UserError
 from pipeline.evaluation.ground_truth import GT_IGNORE, ClassMap, GtSpec, open_ground_truth
 from pipeline.evaluation.metrics import Metrics, compute_metrics, confusion_counts, threshold_prediction
 from pipeline.io.atomic import write_atomic
+from pipeline.io.layout import EVAL_JSON, RowStatus
 from pipeline.evaluation.outputs import OutputDir, iter_masks, ok_rows, per_shard
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "eval.json"
+EVAL_FILE = EVAL_JSON
 
 
 @dataclass
@@ -128,12 +129,7 @@ def evaluate_output(
     for t in thresholds:
         if not 0.0 <= t <= 1.0:
             raise UserError(f"sweep threshold {t} is outside 0..1")
-    if class_map is None:
-        cmap = ClassMap.identity(info.num_classes, gt_ignore)
-    elif isinstance(class_map, Mapping):
-        cmap = ClassMap.from_mapping(class_map, info, gt_ignore)
-    else:
-        cmap = ClassMap.load(class_map, info, gt_ignore)
+    cmap = _class_map(class_map, info, gt_ignore)
     truth = open_ground_truth(gt, storage_options)
     gt_keys = truth.keys()
     if not gt_keys:
@@ -144,7 +140,7 @@ def evaluate_output(
     ok_keys = set(ok["key"].astype(str))
     has_gt = ok["key"].astype(str).map(truth.has)
     scored = ok[has_gt]
-    error_keys = set(manifest.loc[manifest["status"] != "ok", "key"].astype(str))
+    error_keys = set(manifest.loc[manifest["status"] != RowStatus.OK, "key"].astype(str))
     ok_names = ok_keys | {_stem(k) for k in ok_keys}
     error_names = error_keys | {_stem(k) for k in error_keys}
     unmatched_gt = [k for k in gt_keys if k not in ok_names]
@@ -154,25 +150,7 @@ def evaluate_output(
             f"(e.g. output key {next(iter(ok_keys), None)!r}, gt key {next(iter(gt_keys))!r})"
         )
 
-    C = info.num_classes
-    confusion = np.zeros((C, C + 1), dtype=np.int64)
-    sweep_conf = [np.zeros_like(confusion) for _ in thresholds]
-    unmapped = 0
-    n_images = 0
-    for _shard, rows in per_shard(scored, "mask_shard"):
-        for key, label, conf in iter_masks(output, str(rows["mask_shard"].iloc[0]), rows):
-            raw = truth.get(key)
-            if raw.shape != label.shape:
-                raise UserError(
-                    f"sample {key!r}: ground truth is {raw.shape[1]}x{raw.shape[0]} but the pseudo-label is "
-                    f"{label.shape[1]}x{label.shape[0]} (width x height); gt masks must be at the original image size"
-                )
-            mapped, n_unmapped = cmap.apply(raw, key)
-            unmapped += n_unmapped
-            confusion += _counts(mapped, label, C, info.ignore_index, key)
-            for acc, t in zip(sweep_conf, thresholds):
-                acc += _counts(mapped, threshold_prediction(label, conf, t, info.ignore_index), C, info.ignore_index, key)
-            n_images += 1
+    confusion, sweep_conf, unmapped, n_images = _score(output, scored, truth, cmap, thresholds)
     if unmapped:
         log.warning("%d gt pixels have ids absent from the class map (%s): not scored", unmapped, sorted(cmap.unmapped_ids))
     if n_images < len(scored):
@@ -193,6 +171,40 @@ def evaluate_output(
         class_map=None if class_map is None else (str(class_map) if not isinstance(class_map, Mapping) else "<mapping>"),
         sweep=[SweepPoint(t, compute_metrics(c)) for t, c in zip(thresholds, sweep_conf)],
     )
+
+
+def _class_map(class_map: str | Path | Mapping[Any, Any] | None, info: Any, gt_ignore: Optional[int]) -> ClassMap:
+    if class_map is None:
+        return ClassMap.identity(info.num_classes, gt_ignore)
+    if isinstance(class_map, Mapping):
+        return ClassMap.from_mapping(class_map, info, gt_ignore)
+    return ClassMap.load(class_map, info, gt_ignore)
+
+
+def _score(output: OutputDir, scored: Any, truth: Any, cmap: ClassMap,
+           thresholds: list[float]) -> tuple[np.ndarray, list[np.ndarray], int, int]:
+    """Confusion matrix (and one per sweep threshold), unmapped gt pixels and images scored."""
+    info = output.info
+    C = info.num_classes
+    confusion = np.zeros((C, C + 1), dtype=np.int64)
+    sweep_conf = [np.zeros_like(confusion) for _ in thresholds]
+    unmapped = 0
+    n_images = 0
+    for _shard, rows in per_shard(scored, "mask_shard"):
+        for key, label, conf in iter_masks(output, str(rows["mask_shard"].iloc[0]), rows):
+            raw = truth.get(key)
+            if raw.shape != label.shape:
+                raise UserError(
+                    f"sample {key!r}: ground truth is {raw.shape[1]}x{raw.shape[0]} but the pseudo-label is "
+                    f"{label.shape[1]}x{label.shape[0]} (width x height); gt masks must be at the original image size"
+                )
+            mapped, n_unmapped = cmap.apply(raw, key)
+            unmapped += n_unmapped
+            confusion += _counts(mapped, label, C, info.ignore_index, key)
+            for acc, t in zip(sweep_conf, thresholds):
+                acc += _counts(mapped, threshold_prediction(label, conf, t, info.ignore_index), C, info.ignore_index, key)
+            n_images += 1
+    return confusion, sweep_conf, unmapped, n_images
 
 
 def _counts(gt: np.ndarray, pred: np.ndarray, num_classes: int, pred_ignore: int, key: str) -> np.ndarray:
