@@ -21,6 +21,7 @@ from pipeline.errors import UserError
 from pipeline.evaluation.evaluate import EVAL_FILE
 from pipeline.io.atomic import write_atomic
 from pipeline.io.decode import decode_rgb
+from pipeline.io.layout import RowStatus
 from pipeline.io.records import SampleError
 from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, image_members, iter_masks, iter_tar_members, ok_rows, per_shard,
@@ -149,7 +150,7 @@ def collect(output: OutputDir, out: Path, options: ReportOptions) -> ReportData:
     share, with_class = _class_totals(ok, C)
     total_pixels = float((ok["width"].astype("float64") * ok["height"].astype("float64")).sum())
     ignored = float(ok["ignored_pixels"].fillna(0).sum())
-    errors = manifest[manifest["status"] != "ok"]
+    errors = manifest[manifest["status"] != RowStatus.OK]
     kinds = errors["error"].fillna("unknown").map(lambda e: str(e).split(":", 1)[0].strip() or "unknown")
     evaluation = _read_eval(output)
     with np.errstate(invalid="ignore", divide="ignore"):

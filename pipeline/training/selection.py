@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.io.layout import RowStatus
 from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, image_members, mask_members, ok_rows, per_shard, resolve_source,
 )
@@ -37,7 +38,7 @@ class SampleFilter:
 
     def mask(self, manifest: pd.DataFrame, info: DatasetInfo) -> pd.Series:
         """Boolean Series over `manifest` rows: True for rows to train on."""
-        keep = (manifest["status"] == "ok") & manifest["mask_shard"].notna()
+        keep = (manifest["status"] == RowStatus.OK) & manifest["mask_shard"].notna()
         if self.min_mean_confidence > 0:
             keep &= manifest["mean_confidence"].fillna(-1.0) >= self.min_mean_confidence
         required = {info.class_index(c) for c in self.required_classes}
