@@ -153,6 +153,10 @@ class ShardResult:
     members: int = 0  # tar members read: each belongs to a sample row or is counted in skipped_members
     # Members in no sample, by reason (pipeline.io.reader.SKIP_REASONS: symlink, directory, hidden, ...).
     skipped_members: dict[str, int] = field(default_factory=dict)
+    # What cheap `verify` checks the outputs against without reading the input again:
+    keys_sha256: str = ""  # sha256 of the sample keys in input order (pipeline.run.shard_identity)
+    input_size: Optional[int] = None  # bytes of the input shard when labeled (None for streams)
+    input_etag: Optional[str] = None  # its ETag (object stores) or mtime (local files)
 
     @property
     def complete(self) -> bool:

@@ -32,6 +32,7 @@ from pipeline.io.shards import ShardSpec
 from pipeline.io.output_dir import OutputDir
 from pipeline.run.device_errors import is_fatal_device_error
 from pipeline.timestamps import utc_now_iso
+from pipeline.run.shard_identity import input_identity, keys_digest
 from pipeline.io.writers import MaskTarWriter, write_manifest
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class ShardLabeler:
         result = ShardResult(shard.name, shard.url, DONE, started_at=utc_now_iso(), worker=self.worker,
                              class_pixels=[0] * self.fmt.num_classes)
         log.info("shard %s: start (%s)", shard.name, shard.url)
+        result.input_size, result.input_etag = input_identity(shard.url, self.cfg.io.storage_options)
         report = ReadReport()
         samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options,
                                max_member_bytes=self.cfg.io.max_member_bytes)
@@ -147,6 +149,7 @@ class ShardLabeler:
             log.warning("shard %s: %s; nothing written, not complete", shard.name, exc)
             raise
         result.members, result.skipped_members = report.members, dict(report.skipped)
+        result.keys_sha256 = keys_digest(r.key for r in rows)
         write_manifest(self.storage, manifest_path(shard.name), rows)
         if report.failure:
             result.status, result.failure = FAILED, report.failure
