@@ -210,7 +210,7 @@ class BreaksAfter:
 
     def predict(self, images, return_probs=False):
         if self.seen + len(images) > self.after:
-            raise RuntimeError("device-side assert triggered")
+            raise RuntimeError("engine state lost after a failed batch")
         self.seen += len(images)
         return self.engine.predict(images, return_probs=return_probs)
 
