@@ -96,9 +96,9 @@ def resolve_identity(cfg: Config) -> Identity:
     if student:  # a student file carries its own classes: its hash covers them
         weights = f"sha256:{checkpoint_sha256(_existing_file(Path(student).expanduser(), 'model.student'))}"
         return build_identity(cfg, STUDENT_VOCABULARY, [], weights, {"model.student": str(student)})
+    weights, checkpoint = resolve_weights(cfg.model)  # first: a mistyped path fails before any import
     vocab = load_vocabulary(cfg.vocabulary)
     templates = template_texts(load_templates(cfg.vocabulary.templates))
-    weights, checkpoint = resolve_weights(cfg.model)
     sources = {"vocabulary.file": str(resolve_vocabulary_path(cfg.vocabulary.file)) if cfg.vocabulary.file else None,
                "vocabulary.templates": cfg.vocabulary.templates, "model.pretrained": checkpoint or cfg.model.pretrained}
     return build_identity(cfg, vocab.synonyms, templates, weights, sources)

@@ -8,11 +8,13 @@ import sys
 from typing import Any, Optional
 
 from pipeline.cli import add_config_arguments
+from pipeline.errors import UserError
 from pipeline.run.lock_record import DEFAULT_STALE_AFTER_S, STALE_ENV
 
 log = logging.getLogger(__name__)
 
 EXIT_TOO_MANY_FAILURES = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="relabel everything when OUTPUT was made with another config")
     parser.add_argument("--max-failure-rate", type=_rate, default=None, metavar="R",
-                        help="exit 1 when the share of failed shards or failed samples exceeds R (0..1); "
-                             "default: any failed shard, or more than 1%% of samples")
+                        help="exit 1 when the share of this run's shards or samples that failed exceeds R "
+                             "(0..1); default: any failed shard, or more than 1%% of samples (this run's only)")
     parser.add_argument(
         "--break-lock", action="store_true",
         help="take the OUTPUT lock even if another run holds it (only when you know it is dead)",
@@ -37,16 +39,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a lock whose heartbeat is older than this is broken (default: ${STALE_ENV} "
              f"or {DEFAULT_STALE_AFTER_S:.0f})",
     )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check config, INPUT, vocabulary and checkpoint, print the plan (shards to label "
+                             "and to skip, fingerprint, model) and exit 0 without starting Ray or writing anything")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.add_argument("--json", dest="json_summary", action="store_true",
                         help="print the run summary as JSON instead of a table")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done, 1 this run's failures above the limit, 2 a user or file system error
+    (one line, nothing half-written), 130 interrupted (Ctrl-C; re-running resumes)."""
     from pipeline.config import load_config
-    from pipeline.run.runner import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    try:
+        if args.dry_run:
+            return _dry_run(args, cfg)
+        return _run(args, cfg)
+    except KeyboardInterrupt:
+        print("pseudolabel run: interrupted; re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file system refusing a write (read-only, full, permission): one line
+        where = f" {exc.filename}" if exc.filename else ""
+        raise UserError(f"file system error{where}: {exc.strerror or exc} (nothing of it was committed; "
+                        "fix it and re-run the same command to resume)") from exc
+
+
+def _run(args: argparse.Namespace, cfg: Any) -> int:
+    from pipeline.run.runner import run_pipeline
+
     level = logging.getLogger().getEffectiveLevel()
     bar = None if args.no_progress else RichProgress()
     try:
@@ -63,10 +85,31 @@ def main(args: argparse.Namespace) -> int:
     else:
         print_summary(summary)
     if summary.exceeds(args.max_failure_rate):
-        print(f"pseudolabel run: failure rate too high: {len(summary.failed_shards)} failed shards "
-              f"({summary.shard_failure_rate:.1%}), {summary.sample_failure_rate:.2%} failed samples; "
-              f"see {args.output}/_stats.json", file=sys.stderr)
+        print(f"pseudolabel run: failure rate too high in this run: {summary.shards_failed} of "
+              f"{summary.shards_pending} shards failed ({summary.shard_failure_rate:.1%}), "
+              f"{summary.sample_failure_rate:.2%} of its samples; see {args.output}/_stats.json", file=sys.stderr)
         return EXIT_TOO_MANY_FAILURES
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
+    from dataclasses import asdict
+
+    from pipeline.run.runner import plan_run
+
+    plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite)
+    if args.json_summary:
+        print(json.dumps(asdict(plan), indent=1))
+        return 0
+    more = plan.to_label_count - len(plan.to_label)
+    print(f"pseudolabel run --dry-run: {plan.input} -> {plan.output}")
+    print(f"  shards: {plan.shards_total} in INPUT, {plan.to_label_count} to label, {plan.to_skip_count} to skip "
+          f"(complete){' (--overwrite: everything is relabeled)' if plan.overwrite else ''}")
+    if plan.to_label:
+        print(f"  to label: {', '.join(plan.to_label)}{f' and {more} more' if more else ''}")
+    print(f"  fingerprint: {plan.fingerprint}")
+    print(f"  model: {plan.model} ({plan.weights})")
+    print("  nothing written, Ray not started")
     return 0
 
 
@@ -128,19 +171,27 @@ def print_summary(summary: Any) -> None:
     table = Table(title=f"pseudolabel run -> {summary.output}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("shards labeled / skipped / failed",
-                  f"{summary.shards_labeled} / {summary.shards_skipped} / {len(summary.failed_shards)}")
-    table.add_row("images ok / failed (this run)", f"{summary.images_ok} / {summary.images_failed}")
-    table.add_row("images ok / failed (dataset)", f"{summary.dataset_images_ok} / {summary.dataset_images_failed}")
+    table.add_row("this run: shards labeled / skipped / failed",
+                  f"{summary.shards_labeled} / {summary.shards_skipped} / {summary.shards_failed}")
+    table.add_row("this run: images ok / failed",
+                  f"{summary.images_ok} / {summary.images_failed} ({summary.sample_failure_rate:.2%} failed)")
+    table.add_row("dataset: shards complete / in INPUT",
+                  f"{summary.dataset_shards_complete} / {summary.shards_total}"
+                  + (f" ({summary.dataset_shards_failed} failed part way)" if summary.dataset_shards_failed else ""))
+    table.add_row("dataset: images ok / failed",
+                  f"{summary.dataset_images_ok} / {summary.dataset_images_failed} "
+                  f"({summary.dataset_sample_failure_rate:.2%} failed)")
     table.add_row("throughput", f"{summary.images_per_s:.1f} images/s ({summary.labeling_seconds:.1f}s labeling, "
                                 f"{summary.seconds:.1f}s in all)")
     for kind, n in sorted(summary.error_kinds.items()):
-        table.add_row(f"  errors: {kind}", str(n))
+        table.add_row(f"  this run, errors: {kind}", str(n))
     for mode, n in sorted(summary.conversions.items()):
-        table.add_row(f"  converted from {mode}", str(n))
+        table.add_row(f"  this run, converted from {mode}", str(n))
     for failed in summary.failed_shards:
-        table.add_row(f"  failed shard {failed['shard']}", f"{failed['status']}: {failed['reason']}")
+        table.add_row(f"  this run, failed shard {failed['shard']}", f"{failed['status']}: {failed['reason']}")
+    if summary.shards_failed > len(summary.failed_shards):
+        table.add_row("  this run, more failed shards", f"{summary.shards_failed - len(summary.failed_shards)} (see _stats.json)")
     shares = sorted(summary.class_pixel_share.items(), key=lambda kv: -kv[1])
     for name, share in shares:
-        table.add_row(f"  class {name}", f"{share:.1%}")
+        table.add_row(f"  dataset, class {name}", f"{share:.1%}")
     Console().print(table)
