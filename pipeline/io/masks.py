@@ -13,6 +13,7 @@ there from the float values.
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -107,5 +108,8 @@ def _png(arr: np.ndarray, compression: int, palette: Optional[Sequence[Sequence[
         img = Image.frombuffer("P", img.size, np.ascontiguousarray(arr, dtype=np.uint8), "raw", "P", 0, 1)
         img.putpalette([v for rgb in palette for v in rgb])
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compression)
+    # zlib's run-length strategy: mask rows are long runs; measured (jobs/host_options.py, 3 MP, level
+    # 1) 2.5x faster and 3x smaller label PNGs than the default strategy, confidence PNGs 20% faster
+    # and 7% smaller. The pixels are the same; any PNG reader decodes it.
+    img.save(buf, format="PNG", compress_level=compression, compress_type=zlib.Z_RLE)
     return buf.getvalue()
