@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Nightly incremental labeling: label the shards of INPUT that have no completion record in
-# OUTPUT yet, then verify the whole output. Safe to start while a previous night is still running:
+# OUTPUT yet, then verify what is new (cheap and incremental; see `pseudolabel verify --help`).
+# Safe to start while a previous night is still running:
 # the OUTPUT lock makes this run exit at once (status 75) instead of overlapping.
 #
 # Environment:
@@ -11,6 +12,7 @@
 #                unset = a local Ray on this machine
 #   LOG_DIR      where the per-night log goes (default: ./logs)
 #   EXTRA_ARGS   more `pseudolabel run` arguments, e.g. "--set ray.max_shard_retries=5"
+#   VERIFY_ARGS  `pseudolabel verify` arguments (default --incremental; --deep re-reads every input)
 #
 # Exit status: 0 labeled and verified; 1 run or verify failed; 2 usage error; 75 (EX_TEMPFAIL)
 # another run holds the lock on OUTPUT (nothing was done; the next night catches up).
@@ -48,7 +50,11 @@ if [[ $rc -ne 0 ]]; then
 fi
 
 set +e
-"$PSEUDOLABEL" verify "$OUTPUT" "$INPUT" "${config_args[@]}" \
+# Cheap and incremental: only shards not verified before, and no input tar is opened (the
+# completion records hold the input's keys digest and size/ETag). VERIFY_ARGS=--deep re-reads all.
+# shellcheck disable=SC2206
+verify_extra=(${VERIFY_ARGS:---incremental})
+"$PSEUDOLABEL" verify "$OUTPUT" "$INPUT" "${config_args[@]}" "${verify_extra[@]}" \
     --json "$LOG_DIR/verify-$stamp.json" >>"$log" 2>&1
 rc=$?
 set -e

@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="check PNG headers (size, mode) without decoding the pixels: faster, catches less",
     )
     parser.add_argument("--workers", type=int, default=8, help="shards checked in parallel (default 8)")
+    parser.add_argument(
+        "--deep", action="store_true",
+        help="re-read every input shard for its keys (default: check the manifests against the keys digest "
+             "and input size/ETag each completion record holds; inputs are never opened)",
+    )
+    parser.add_argument(
+        "--incremental", action="store_true",
+        help="skip shards an earlier verify passed whose files have not changed since (nightly use)",
+    )
     parser.add_argument("--explain", action="store_true", help="list the problem kinds and exit")
 
 
@@ -42,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     report = verify_output(
         args.output, args.input, cfg.io.storage_options, decode=not args.no_decode, workers=args.workers,
+        deep=args.deep, incremental=args.incremental, record_verified=True,
     )
     print(report.summary(first=args.first))
     if args.json:

@@ -6,7 +6,15 @@
   recorded width x height (label mode and values per dataset.json);
 - the mask tar has no member that no ok row references;
 - every shard with outputs has a completion record, and the record agrees with the files
-  (sample/ok/error counts, file names, config fingerprint).
+  (sample/ok/error counts, file names, config and content fingerprints, member accounting).
+
+Two depths. `deep=True` re-reads every input shard for its keys (~3 ms a sample: days at 10^8).
+`deep=False` (the command line's default) never opens an input tar: the manifest's keys in order
+are checked against the `keys_sha256` digest the completion record took of the input when it was
+labeled, and the input's size/ETag (from one listing of INPUT) against the recorded ones; the
+outputs themselves (manifest, mask tar, PNGs) are read as in deep mode, so a tampered or missing
+mask member is still caught. `incremental=True` skips shards an earlier verify passed whose files
+are unchanged since (their size/ETag in the listings; markers in `_index/verified.parquet`).
 
 The function never raises for a broken output: every finding is a `Problem` of one of `KINDS`.
 Shards are checked in a thread pool, each streaming its mask tar once.
@@ -14,147 +22,27 @@ Shards are checked in a thread pool, each streaming its mask tar once.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import tarfile
-from collections import Counter
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.io.reader import ReadReport, iter_samples
-from pipeline.io.schema import manifest_schema
-from pipeline.io.shards import ShardSpec, expand_input
 from pipeline.io import layout
-from pipeline.io.layout import RowStatus, done_path, manifest_path, mask_shard_path
 from pipeline.io.output_dir import OutputDir
-from pipeline.io.records import DatasetMeta
-from pipeline.io.tarfiles import iter_members
+from pipeline.io.shards import ShardSpec, expand_input
+from pipeline.run.shard_identity import identity_of
+from pipeline.run.verify_report import KINDS, MAX_STORED_PROBLEMS, Problem, ShardCheck, VerifyReport  # noqa: F401
+from pipeline.run.verify_shard import _check_shard, _read_dataset_json, input_keys  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-# Problem kind -> what it means (printed by `pseudolabel verify --explain`).
-KINDS: dict[str, str] = {
-    "missing_shard": "an input shard has no outputs at all",
-    "unexpected_shard": "outputs exist for a shard that is not in INPUT",
-    "missing_row": "an input sample has no manifest row",
-    "duplicate_row": "a sample has more than one manifest row",
-    "unexpected_row": "a manifest row names no sample of its input shard",
-    "order": "rows or mask members are not in input order, or sample_index is wrong",
-    "bad_row": "a row's fields contradict its status (e.g. an ok row without a size)",
-    "missing_member": "an ok row's label or confidence PNG is not in the mask shard",
-    "orphan_member": "a mask shard member that no ok row references (or a repeated member)",
-    "wrong_size": "a mask PNG's size differs from the row's width x height",
-    "bad_mask": "a mask PNG does not decode, or has the wrong mode or out-of-range classes",
-    "missing_record": "a shard has output files but no completion record (_done/NAME.json)",
-    "record_mismatch": "a completion record disagrees with the files",
-    "bad_manifest": "a manifest cannot be read or does not have schema manifest-v1",
-    "bad_dataset_json": "dataset.json is missing or unreadable",
-    "unreadable_input": "an input shard cannot be read",
-    "empty_output": "OUTPUT holds no shard outputs at all",
-}
-
-MAX_STORED_PROBLEMS = 1000  # per run; counts stay exact beyond this
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str  # one of KINDS
-    shard: Optional[str]  # shard NAME, None for output-wide problems
-    key: Optional[str]  # sample key when the problem is about one sample
-    detail: str
-
-    def __str__(self) -> str:
-        where = self.shard or "OUTPUT"
-        if self.key is not None:
-            where += f"/{self.key}"
-        return f"{self.kind}: {where}: {self.detail}"
-
-
-@dataclass
-class ShardCheck:
-    """What one shard contributed to the report."""
-
-    name: str
-    problems: list[Problem] = field(default_factory=list)
-    input_samples: int = 0
-    rows: int = 0
-    ok_rows: int = 0
-    error_rows: int = 0
-    members: int = 0
-    complete: bool = False
-
-    def add(self, kind: str, detail: str, key: Optional[str] = None) -> None:
-        self.problems.append(Problem(kind, self.name, key, detail))
-
-
-@dataclass
-class VerifyReport:
-    output_url: str
-    input_spec: Optional[str]
-    shards: int = 0
-    complete_shards: int = 0
-    input_samples: int = 0
-    rows: int = 0
-    ok_rows: int = 0
-    error_rows: int = 0
-    members: int = 0
-    problems: list[Problem] = field(default_factory=list)  # the first MAX_STORED_PROBLEMS
-    counts: dict[str, int] = field(default_factory=dict)  # problem kind -> number found
-
-    @property
-    def passed(self) -> bool:
-        return not self.counts
-
-    def add(self, problems: list[Problem]) -> None:
-        for p in problems:
-            self.counts[p.kind] = self.counts.get(p.kind, 0) + 1
-            if len(self.problems) < MAX_STORED_PROBLEMS:
-                self.problems.append(p)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "output": self.output_url, "input": self.input_spec, "passed": self.passed,
-            "shards": self.shards, "complete_shards": self.complete_shards,
-            "input_samples": self.input_samples if self.input_spec else None,
-            "rows": self.rows, "ok_rows": self.ok_rows, "error_rows": self.error_rows,
-            "members": self.members, "problem_counts": dict(sorted(self.counts.items())),
-            "problems": [p.__dict__ for p in self.problems],
-        }
-
-    def summary(self, first: int = 20) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
-        lines = [
-            f"verify {self.output_url}" + (f" against {self.input_spec}" if self.input_spec else
-                                           " (no INPUT given: input coverage not checked)"),
-            f"  shards: {self.shards} ({self.complete_shards} with a completion record)",
-        ]
-        if self.input_spec:
-            lines.append(f"  input samples: {self.input_samples}")
-        lines.append(f"  manifest rows: {self.rows} ({self.ok_rows} ok, {self.error_rows} error); "
-                     f"mask members checked: {self.members}")
-        if self.counts:
-            total = sum(self.counts.values())
-            by_kind = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-            lines.append(f"  problems: {total} ({by_kind})")
-            lines.append(f"  first {min(first, len(self.problems))}:")
-            lines.extend(f"    {p}" for p in self.problems[:first])
-        lines.append(verdict)
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class _DatasetInfo:
-    label_mode: Optional[str]  # "L" or "I;16"; None when dataset.json is unusable
-    num_classes: Optional[int]
-    ignore_index: Optional[int]
-    fingerprint: Optional[str]
+VERIFIED_PATH = "_index/verified.parquet"
+_FOLDERS = ((layout.MANIFEST_DIR, layout.MANIFEST_SUFFIX), (layout.MASKS_DIR, layout.MASK_SUFFIX),
+            (layout.DONE_DIR, layout.DONE_SUFFIX))
 
 
 def verify_output(
@@ -164,18 +52,22 @@ def verify_output(
     *,
     decode: bool = True,
     workers: int = 8,
+    deep: bool = True,
+    incremental: bool = False,
+    record_verified: bool = False,
 ) -> VerifyReport:
-    """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster)."""
+    """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster);
+    `deep`, `incremental`: see the module doc; `record_verified` writes the markers of the shards
+    that passed (what `incremental` skips next time)."""
     out = OutputDir(output_url, storage_options)
     out.fs.invalidate_cache()  # fsspec reuses filesystem instances: drop listings cached earlier
-    report = VerifyReport(output_url, input_spec)
+    report = VerifyReport(output_url, input_spec, deep=deep)
     inputs: dict[str, ShardSpec] = {}
     if input_spec is not None:
         inputs = {s.name: s for s in expand_input(input_spec, storage_options)}
     info, problems = _read_dataset_json(out)
-    manifests = out.shard_names(layout.MANIFEST_DIR, layout.MANIFEST_SUFFIX)
-    masks = out.shard_names(layout.MASKS_DIR, layout.MASK_SUFFIX)
-    records = out.shard_names(layout.DONE_DIR, layout.DONE_SUFFIX)
+    listed = [_listing(out, folder, suffix) for folder, suffix in _FOLDERS]
+    manifests, masks, records = (set(d) for d in listed)
     produced = manifests | masks | records
     if not produced and not inputs:
         report.add([Problem("empty_output", None, None, f"no manifest/, masks/ or _done/ files under {output_url}")])
@@ -183,305 +75,107 @@ def verify_output(
     if produced:
         report.add(problems)
     names = sorted(produced | set(inputs))
+    stamps = {n: "|".join(d.get(n, "-") for d in listed) for n in records}
+    if incremental:
+        done_before = _read_verified(out)
+        skip = {n for n in names if n in inputs or input_spec is None
+                if stamps.get(n) is not None and done_before.get(n) == stamps[n]}
+        report.skipped_verified = len(skip)
+        report.shards += len(skip)
+        report.complete_shards += len(skip)
+        names = [n for n in names if n not in skip]
+    input_ids = _input_identities(list(inputs.values()), storage_options) if inputs and not deep else {}
 
     def check(name: str) -> ShardCheck:
-        return _check_shard(out, name, inputs.get(name), input_spec is not None, info,
-                            has=(name in manifests, name in masks, name in records),
-                            storage_options=storage_options, decode=decode)
+        spec = inputs.get(name)
+        result = _check_shard(out, name, spec, input_spec is not None, info,
+                              has=(name in manifests, name in masks, name in records),
+                              storage_options=storage_options, decode=decode, deep=deep,
+                              input_id=input_ids.get(spec.url) if spec is not None else None)
+        result.stamp = stamps.get(name)
+        return result
 
+    passed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for result in pool.map(check, names):
-            report.shards += 1
-            report.complete_shards += result.complete
-            report.input_samples += result.input_samples
-            report.rows += result.rows
-            report.ok_rows += result.ok_rows
-            report.error_rows += result.error_rows
-            report.members += result.members
-            report.add(result.problems)
+            _fold(report, result)
+            if not result.problems and result.complete and result.stamp:
+                passed[result.name] = result.stamp
+    if record_verified and passed:
+        _write_verified(out, passed, keep=set(records))
     return report
 
 
-# -- per shard ------------------------------------------------------------------------------------
-def _check_shard(
-    out: OutputDir, name: str, spec: Optional[ShardSpec], with_input: bool, info: _DatasetInfo,
-    has: tuple[bool, bool, bool], storage_options: Optional[dict[str, Any]], decode: bool,
-) -> ShardCheck:
-    has_manifest, has_mask, has_record = has
-    check = ShardCheck(name)
-    if with_input and spec is None:
-        check.add("unexpected_shard", "outputs exist but INPUT has no shard of this name")
-    if spec is not None and not any(has):
-        keys = _input_keys_or_none(spec, storage_options, check)
-        check.input_samples = len(keys or [])
-        check.add("missing_shard", f"no outputs for input shard {spec.url}"
-                  + (f" ({len(keys)} samples)" if keys is not None else ""))
-        return check
-    rows = _read_manifest(out, name, check) if has_manifest else None
-    if not has_manifest and spec is not None:
-        keys = _input_keys_or_none(spec, storage_options, check)
-        check.input_samples = len(keys or [])
-        check.add("missing_row", f"{manifest_path(name)} does not exist: none of the "
-                                 f"{check.input_samples} input samples has a row")
-    if rows is not None:
-        check.rows = len(rows)
-        check.ok_rows = sum(1 for r in rows if r["status"] == RowStatus.OK)
-        check.error_rows = check.rows - check.ok_rows
-        _check_rows(name, rows, check)
-        if spec is not None:
-            keys = _input_keys_or_none(spec, storage_options, check)
-            if keys is not None:
-                check.input_samples = len(keys)
-                _check_coverage(rows, keys, check)
-        else:
-            _check_indices(rows, check)
-        _check_masks(out, name, rows, has_mask, info, check, decode)
-    _check_record(out, name, rows, has, info, check)
-    return check
+def _fold(report: VerifyReport, result: ShardCheck) -> None:
+    report.shards += 1
+    report.complete_shards += result.complete
+    report.input_samples += result.input_samples
+    report.rows += result.rows
+    report.ok_rows += result.ok_rows
+    report.error_rows += result.error_rows
+    report.members += result.members
+    report.without_keys_hash += result.without_keys_hash
+    report.add(result.problems)
 
 
-def _check_rows(name: str, rows: list[dict[str, Any]], check: ShardCheck) -> None:
-    mask_rel = mask_shard_path(name)
-    for r in rows:
-        key = r["key"]
-        if r["status"] == RowStatus.OK:
-            missing = [f for f in ("width", "height", "label_member", "conf_member", "mask_shard")
-                       if r[f] is None]
-            if missing:
-                check.add("bad_row", f"ok row without {', '.join(missing)}", key)
-            elif r["mask_shard"] != mask_rel:
-                check.add("bad_row", f"ok row points at mask shard {r['mask_shard']!r}, not {mask_rel!r}", key)
-        elif r["status"] == RowStatus.ERROR:
-            if r["label_member"] is not None or r["conf_member"] is not None:
-                check.add("bad_row", "error row names mask members", key)
-            if not r["error"]:
-                check.add("bad_row", "error row without an error message", key)
-        else:
-            check.add("bad_row", f"status {r['status']!r} is neither ok nor error", key)
-
-
-def _check_coverage(rows: list[dict[str, Any]], keys: list[str], check: ShardCheck) -> None:
-    """Rows against the input's samples, matched by sample_index (a shard may repeat a key)."""
-    keyset = set(keys)
-    per_index: Counter[int] = Counter()
-    for r in rows:
-        key, index = r["key"], r["sample_index"]
-        if 0 <= index < len(keys) and keys[index] == key:
-            per_index[index] += 1
-        elif key in keyset:
-            check.add("order", f"sample_index {index}, but the input has this key at "
-                               f"#{keys.index(key)}", key)
-        else:
-            check.add("unexpected_row", "not a sample of the input shard", key)
-    for index, key in enumerate(keys):
-        n = per_index.get(index, 0)
-        if n == 0:
-            check.add("missing_row", f"input sample #{index} has no manifest row", key)
-        elif n > 1:
-            check.add("duplicate_row", f"input sample #{index} has {n} manifest rows", key)
-    _check_increasing(rows, check)
-
-
-def _check_indices(rows: list[dict[str, Any]], check: ShardCheck) -> None:
-    """Without INPUT: rows must still be numbered 0..n-1 (a gap is a lost row, a repeat a duplicate)."""
-    counts = Counter(r["sample_index"] for r in rows)
-    for r in rows:
-        if counts[r["sample_index"]] > 1:
-            check.add("duplicate_row", f"{counts[r['sample_index']]} rows with sample_index "
-                                       f"{r['sample_index']}", r["key"])
-            counts[r["sample_index"]] = 0  # report each index once
-    top = max(counts, default=-1)
-    gaps = [i for i in range(top + 1) if i not in counts]
-    if gaps:
-        check.add("order", f"sample_index skips {gaps[:5]} (rows lost, or not numbered from 0)")
-    _check_increasing(rows, check)
-
-
-def _check_increasing(rows: list[dict[str, Any]], check: ShardCheck) -> None:
-    indices = [r["sample_index"] for r in rows]
-    for pos in range(1, len(indices)):
-        if indices[pos] < indices[pos - 1]:
-            check.add("order", f"manifest rows are not in input order (row {pos} has sample_index "
-                               f"{indices[pos]} after {indices[pos - 1]})", rows[pos]["key"])
-            return
-
-
-def _check_masks(
-    out: OutputDir, name: str, rows: list[dict[str, Any]], has_mask: bool, info: _DatasetInfo,
-    check: ShardCheck, decode: bool,
-) -> None:
-    expected: dict[str, tuple[str, dict[str, Any]]] = {}  # member -> (which, row)
-    order: list[str] = []
-    for r in rows:
-        if r["status"] == RowStatus.OK and r["label_member"] and r["conf_member"]:
-            for which in ("label", "conf"):
-                member = r[f"{which}_member"]
-                expected[member] = (which, r)
-                order.append(member)
-    mask_rel = mask_shard_path(name)
-    if not has_mask:
-        if expected:
-            check.add("missing_member", f"{mask_rel} does not exist but {len(expected)} members "
-                                        "are referenced by ok rows")
-        return
-    found: list[str] = []
-    present: set[str] = set()
+def _listing(out: OutputDir, folder: str, suffix: str) -> dict[str, str]:
+    """Shard name -> "size:etag" of the files in one folder, from one (paginated) listing."""
     try:
-        with out.open(mask_rel) as f:
-            for member, data in iter_members(f):
-                check.members += 1
-                if member in present:
-                    check.add("orphan_member", f"{member} appears more than once in the mask shard")
-                    continue
-                found.append(member)
-                present.add(member)
-                if member not in expected:
-                    check.add("orphan_member", f"{member} is not referenced by any ok row")
-                    continue
-                which, row = expected[member]
-                _check_png(member, data, which, row, info, check, decode)
-    except (OSError, tarfile.TarError) as exc:
-        check.add("missing_member", f"{mask_rel} cannot be read past member {len(found)}: {exc}")
-    for member in order:
-        if member not in present:
-            check.add("missing_member", f"{member} is not in {mask_rel}", expected[member][1]["key"])
-    in_both = [m for m in found if m in expected]
-    if in_both != [m for m in order if m in present]:
-        check.add("order", f"members of {mask_rel} are not in manifest order")
-
-
-def _check_png(
-    member: str, data: bytes, which: str, row: dict[str, Any], info: _DatasetInfo,
-    check: ShardCheck, decode: bool,
-) -> None:
-    key = row["key"]
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "PNG":
-                check.add("bad_mask", f"{member} is {im.format}, not PNG", key)
-                return
-            if im.size != (row["width"], row["height"]):
-                check.add("wrong_size", f"{member} is {im.size[0]}x{im.size[1]}, row says "
-                                        f"{row['width']}x{row['height']}", key)
-            wanted = "L" if which == "conf" else info.label_mode
-            # uint8 labels may be grayscale or palette (labels.png_mode): the same index values
-            if wanted is not None and im.mode != wanted and not (which == "label" and wanted == "L" and im.mode == "P"):
-                check.add("bad_mask", f"{member} has mode {im.mode}, expected {wanted}", key)
-                return
-            if decode:
-                im.load()
-                if which == "label" and info.num_classes is not None:
-                    _check_label_values(member, np.asarray(im), info, key, check)
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for a corrupt PNG
-        check.add("bad_mask", f"{member} does not decode: {exc}", key)
-
-
-def _check_label_values(member: str, label: np.ndarray, info: _DatasetInfo, key: str, check: ShardCheck) -> None:
-    values = np.unique(label)
-    bad = values[(values >= info.num_classes) & (values != info.ignore_index)]
-    if bad.size:
-        check.add("bad_mask", f"{member} holds class values {bad[:5].tolist()} outside "
-                              f"0..{info.num_classes - 1} and not the ignore value {info.ignore_index}", key)
-
-
-def _check_record(
-    out: OutputDir, name: str, rows: Optional[list[dict[str, Any]]], has: tuple[bool, bool, bool],
-    info: _DatasetInfo, check: ShardCheck,
-) -> None:
-    has_manifest, has_mask, has_record = has
-    if not has_record:
-        if has_manifest or has_mask:
-            check.add("missing_record", "outputs exist but _done/NAME.json does not (incomplete shard)")
-        return
-    try:
-        record = json.loads(out.read_bytes(done_path(name)))
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        check.add("record_mismatch", f"{done_path(name)} is unreadable: {exc}")
-        return
-    check.complete = True
-    expect = {"shard": name}
-    if rows is not None:
-        expect.update(samples=check.rows, ok=check.ok_rows, errors=check.error_rows)
-    if info.fingerprint is not None:
-        expect["config_fingerprint"] = info.fingerprint
-    for field_name, value in expect.items():
-        if record.get(field_name) != value:
-            check.add("record_mismatch", f"{done_path(name)} says {field_name}={record.get(field_name)!r}, "
-                                         f"the files say {value!r}")
-    for field_name, rel, present in (("manifest", manifest_path(name), has_manifest),
-                                     ("mask_shard", mask_shard_path(name), has_mask)):
-        recorded = record.get(field_name)
-        if recorded is not None and not str(recorded).endswith(rel):
-            check.add("record_mismatch", f"{done_path(name)} names {field_name} {recorded!r}, expected {rel!r}")
-        if not present and (field_name == "manifest" or check.ok_rows):
-            check.add("record_mismatch", f"{done_path(name)} exists but {rel} does not")
-
-
-# -- reading --------------------------------------------------------------------------------------
-def _read_dataset_json(out: OutputDir) -> tuple[_DatasetInfo, list[Problem]]:
-    try:
-        meta = DatasetMeta.from_json(out.read_bytes(layout.DATASET_JSON), strict=True)
-        info = _DatasetInfo(
-            label_mode=meta.label_mode,
-            num_classes=meta.num_classes,
-            ignore_index=meta.ignore_index,
-            fingerprint=meta.config_fingerprint,
-        )
-        return info, []
+        entries = out.fs.ls(out.path(folder), detail=True)
     except FileNotFoundError:
-        detail = "dataset.json does not exist"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        detail = f"dataset.json is unreadable or incomplete: {exc!r}"
-    return _DatasetInfo(None, None, None, None), [Problem("bad_dataset_json", None, None, detail)]
+        return {}
+    found = {}
+    for e in entries:
+        base = posixpath.basename(str(e["name"]).rstrip("/"))
+        if base.endswith(suffix) and e.get("type", "file") != "directory":
+            size, tag = identity_of(e)
+            found[layout.shard_name(base, suffix)] = f"{size}:{tag}"
+    return found
 
 
-def _read_manifest(out: OutputDir, name: str, check: ShardCheck) -> Optional[list[dict[str, Any]]]:
-    rel = manifest_path(name)
+def _input_identities(specs: list[ShardSpec], storage_options: Optional[dict[str, Any]]) -> dict[str, tuple]:
+    """Input URL -> (size, etag) from one listing per input folder (no per-shard request)."""
+    import fsspec
+
+    by_dir: dict[str, list[ShardSpec]] = {}
+    for spec in specs:
+        if not spec.url.startswith("pipe:"):
+            by_dir.setdefault(posixpath.dirname(spec.url), []).append(spec)
+    out: dict[str, tuple] = {}
+    for folder, members in by_dir.items():
+        try:
+            fs, path = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+            listing = {posixpath.basename(str(e["name"])): identity_of(e) for e in fs.ls(path, detail=True)}
+        except (OSError, ValueError) as exc:
+            log.warning("cannot list %s for input sizes: %s", folder, exc)
+            continue
+        for spec in members:
+            if posixpath.basename(spec.url) in listing:
+                out[spec.url] = listing[posixpath.basename(spec.url)]
+    return out
+
+
+def _read_verified(out: OutputDir) -> dict[str, str]:
     try:
-        with out.open(rel) as f:
-            table = pq.read_table(f)
-    except (OSError, pa.ArrowException) as exc:
-        check.add("bad_manifest", f"{rel} cannot be read: {exc}")
-        return None
-    want = manifest_schema()
-    if not table.schema.equals(want, check_metadata=False):
-        diff = _schema_diff(table.schema, want)
-        check.add("bad_manifest", f"{rel} does not have schema manifest-v1: {diff}")
-        return None
-    columns = ["key", "sample_index", "status", "error", "width", "height", "mask_shard",
-               "label_member", "conf_member"]
-    return table.select(columns).to_pylist()
+        table = pq.read_table(io.BytesIO(out.read_bytes(VERIFIED_PATH)))
+        return dict(zip(table.column("shard").to_pylist(), table.column("stamp").to_pylist()))
+    except FileNotFoundError:
+        return {}
+    except (OSError, pa.ArrowException, KeyError) as exc:  # a broken marker file: verify everything
+        log.warning("%s is unreadable (%s); verifying every shard", VERIFIED_PATH, exc)
+        return {}
 
 
-def _schema_diff(got: pa.Schema, want: pa.Schema) -> str:
-    for f in want:
-        if f.name not in got.names:
-            return f"column {f.name!r} is missing"
-        g = got.field(f.name)
-        if g.type != f.type or g.nullable != f.nullable:
-            return f"column {f.name!r} is {g.type}{'' if g.nullable else ' not null'}, expected {f.type}"
-    extra = [n for n in got.names if n not in want.names]
-    return f"extra columns {extra}" if extra else "column order differs"
-
-
-def _input_keys_or_none(spec: ShardSpec, storage_options: Optional[dict[str, Any]],
-                        check: ShardCheck) -> Optional[list[str]]:
+def _write_verified(out: OutputDir, passed: dict[str, str], keep: set[str]) -> None:
+    merged = {n: s for n, s in _read_verified(out).items() if n in keep}
+    merged.update(passed)
+    names = sorted(merged)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"shard": names, "stamp": [merged[n] for n in names]}), buf, compression="zstd")
     try:
-        return input_keys(spec.url, storage_options)
-    except (OSError, tarfile.TarError, ValueError) as exc:
-        check.add("unreadable_input", f"cannot read input shard {spec.url}: {exc}")
-        return None
-
-
-def input_keys(url: str, storage_options: Optional[dict[str, Any]] = None) -> list[str]:
-    """Sample keys of one input shard in order, grouped exactly as `pseudolabel run` groups them."""
-    report = ReadReport()
-    keys = [s.key for s in iter_samples(url, [], report, storage_options)]
-    if report.unreadable:
-        raise OSError(report.failure)
-    return keys
+        out.write_bytes(VERIFIED_PATH, buf.getvalue())
+    except OSError as exc:  # a read-only OUTPUT can still be verified, just not incrementally
+        log.warning("cannot record verified shards in %s: %s", out.url(VERIFIED_PATH), exc)
 
 
 def verify_or_raise(output_url: str, input_spec: Optional[str] = None,
@@ -491,5 +185,3 @@ def verify_or_raise(output_url: str, input_spec: Optional[str] = None,
     if not report.passed:
         raise UserError(report.summary())
     return report
-
-
