@@ -47,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-seed", type=int, default=12)
     p.add_argument("--test-seed", type=int, default=14)
     p.add_argument("--actors", type=int, default=2, help="CPU actors for the teacher's labeling runs")
-    p.add_argument("--variants", default="confidence,confidence_strict,no_confidence,ground_truth",
-                   help="students to train (comma-separated)")
+    p.add_argument("--variants", default="confidence,no_confidence,ground_truth",
+                   help="students to train (comma-separated; also: confidence_strict)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="student recipe override for every variant (e.g. optim.steps=300)")
     p.add_argument("--no-second-round", action="store_true", help="skip labeling the test set with the student")
@@ -120,7 +120,7 @@ def summarize(out: Path) -> dict:
     card = json.loads((out / "card.json").read_text())
     return {"miou": ev["miou"], "pixel_accuracy": ev["pixel_accuracy"], "per_class_iou": ev["per_class_iou"],
             "train_seconds": card["train_seconds"], "steps": card["steps"], "recipe": card["recipe"],
-            "student": str(out / "student.pt")}
+            "student": str(out / "student.pt"), **({"interrupted": card["interrupted"]} if "interrupted" in card else {})}
 
 
 def main(argv=None) -> int:
