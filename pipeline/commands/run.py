@@ -190,7 +190,7 @@ def print_summary(summary: Any) -> None:
     for failed in summary.failed_shards:
         table.add_row(f"  this run, failed shard {failed['shard']}", f"{failed['status']}: {failed['reason']}")
     if summary.shards_failed > len(summary.failed_shards):
-        table.add_row("  this run, more failed shards", f"{summary.shards_failed - len(summary.failed_shards)} (see _stats.json)")
+        table.add_row("  this run, more failed shards", f"{summary.shards_failed - len(summary.failed_shards)} (counted, not listed)")
     shares = sorted(summary.class_pixel_share.items(), key=lambda kv: -kv[1])
     for name, share in shares:
         table.add_row(f"  dataset, class {name}", f"{share:.1%}")
