@@ -26,10 +26,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$dry" = 1 ] && flags=(--dry-run)
 
-# The dry run's limits are scaled (GPU_CHECK_DRY_SCALE, default 2): 2 shared cores load torch and
+# The dry run's limits are scaled (GPU_CHECK_DRY_SCALE, default 3): 2 shared cores load torch and
 # build models several times slower than the GPU host's 16.
 scale=1
-[ "$dry" = 1 ] && scale="${GPU_CHECK_DRY_SCALE:-2}"
+[ "$dry" = 1 ] && scale="${GPU_CHECK_DRY_SCALE:-3}"
 
 step() {  # step NAME LIMIT_S COMMAND...: run under timeout, append "name status seconds limit rc"
   local name=$1 limit=$(( $2 * scale )) start rc status
