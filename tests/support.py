@@ -180,3 +180,13 @@ class PoolSizeProbe:
         from pipeline.run.stage import decode_threads
 
         return decode_threads(SimpleNamespace(io=SimpleNamespace(decode_threads=0)), SimpleNamespace(type="cuda"))
+
+
+START_FAILURE = "checkpoint /weights/moved/ViT-B-16.pt does not exist; model.pretrained is a file path or an open_clip tag"
+
+
+def failing_start_engine(cfg):
+    """An engine that cannot load, as a missing checkpoint inside a worker reports it."""
+    from pipeline.errors import ModelLoadError
+
+    raise ModelLoadError(START_FAILURE)
