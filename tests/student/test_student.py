@@ -146,10 +146,18 @@ def test_train_command_eval_and_student_as_stage_engine(fake, tmp_path):
     # `pseudolabel predict --student`: the student labels single images too
     image = next(iter(out.shards.values()))[0].image
     Image.fromarray(image).save(tmp_path / "one.png")
+    import argparse
+
+    import pipeline.commands.predict as predict_command
+
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    probs = ["--probs"] if "--probs" in parser._option_string_actions else []  # probs are opt-in there
     assert cli(["predict", str(tmp_path / "one.png"), "--out", str(tmp_path / "pred"), "--set", "device=cpu",
-                "--student", str(tmp_path / "s" / "student.pt")]) == 0
+                *probs, "--student", str(tmp_path / "s" / "student.pt")]) == 0
     npz = np.load(tmp_path / "pred" / "one.npz")
-    assert npz["pred"].shape == image.shape[:2] and npz["probs"].shape == (len(NAMES), *image.shape[:2])
+    assert npz["pred"].shape == image.shape[:2]
+    assert npz["probs"].shape == (len(NAMES), *image.shape[:2])
     assert np.allclose(npz["probs"].sum(0), 1.0, atol=1e-4)
     assert np.array_equal(npz["pred"], engine.predict([image])[0].pred)
 
