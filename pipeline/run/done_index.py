@@ -93,6 +93,8 @@ class DoneIndex:
 
 def load_done_index(storage: Storage) -> DoneIndex:
     """Every completion record under `storage` (see the module doc for the requests it makes)."""
+    # Workers write records from other processes: a listing fsspec cached earlier would miss them.
+    storage.fs.invalidate_cache(storage.path(DONE_DIR))
     listed = {shard_name(n, DONE_SUFFIX) for n in storage.listdir(DONE_DIR) if n.endswith(DONE_SUFFIX)}
     cached = _read_index(storage)
     stale = 0
