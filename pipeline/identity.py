@@ -212,7 +212,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _render(value: Any, other: Any, limit: int = 60) -> str:
+def _render(value: Any, other: Any, limit: int = 80) -> str:  # 80: a whole "sha256:HEX" fits
     """A value short enough for a one-line message; long lists say where they first differ."""
     text = json.dumps(value)
     if len(text) <= limit:
