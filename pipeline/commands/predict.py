@@ -1,13 +1,16 @@
 """`pseudolabel predict IMAGE... --out DIR`: label single images for quick looks and acceptance checks.
 
 Writes DIR/<stem>.npz (pred (H, W) class index, confidence uint8 round(255 p); with --probs also
-probs float32 (C, H, W): 16 GB for a 24 MP photo and 171 classes) and DIR/<stem>.png, an overlay
-of the labels on the image.
+probs float32 (C, H, W): 16 GB for a 24 MP photo and 171 classes) and DIR/<stem>.overlay.png, an
+overlay of the labels on the image (never DIR/<stem>.png: that may be the input). Every input is
+checked before the model loads; a bad image is reported in one line and the others are labeled
+(exit 1 at the end).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,47 +36,107 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+EXIT_SOME_FAILED = 1  # some images could not be labeled (each reported); the others were written
+OVERLAY_SUFFIX = ".overlay.png"  # never `<stem>.png`: `predict x.png --out .` must not replace x.png
+
+
 def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from exc
 
 
-def main(args: argparse.Namespace) -> int:
-    from pipeline.engine import Segmenter
+def outputs_of(out_dir: Path, path: Path) -> tuple[Path, Path]:
+    return out_dir / f"{path.stem}.npz", out_dir / f"{path.stem}{OVERLAY_SUFFIX}"
 
-    cfg = load_config(args.config, args.overrides + ([f"model.student={args.student}"] if args.student else []))
-    paths = [Path(p) for p in args.images]
+
+def check_inputs(paths: list[Path], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Before the model loads: (readable images, one line per bad one). Refuses outright when an
+    output would land on an input or two inputs would share outputs."""
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         raise UserError("two input images share a file stem; their outputs would overwrite each other")
+    inputs = {p.resolve() for p in paths if p.exists()}
+    for p in paths:
+        for target in outputs_of(out_dir, p):
+            if target.resolve() in inputs:
+                raise UserError(f"output {target} would overwrite the input image {target}; use another --out")
+    good, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:  # the header only: cheap, and enough to catch typos and non-images
+                im.size
+            good.append(p)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append(f"cannot read image {p}: {getattr(exc, 'strerror', None) or exc}")
+    return good, bad
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides + ([f"model.student={args.student}"] if args.student else []))
     out_dir = Path(args.out)
+    paths, failures = check_inputs([Path(p) for p in args.images], out_dir)
+    for line in failures:
+        print(f"pseudolabel predict: {line}", file=sys.stderr)
+    if not paths:
+        raise UserError(f"none of the {len(failures)} input image(s) can be read; nothing to label")
+    segmenter = _load_engine(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(paths), cfg.batch_size):
+        failures += _label_batch(segmenter, paths[start : start + cfg.batch_size], out_dir, args.probs)
+    if failures:
+        print(f"pseudolabel predict: {len(failures)} of {len(args.images)} image(s) failed (see above)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return 0
+
+
+def _load_engine(cfg):
     if cfg.model.student:
         from pipeline.student.engine import StudentEngine
 
         segmenter = StudentEngine.from_config(cfg)
     else:
+        from pipeline.engine import Segmenter
+
         segmenter = Segmenter.from_config(cfg)
     log.info("model %s, %d classes, device %s", segmenter.model_identity["pretrained"], segmenter.num_classes,
              segmenter.device)
-    colors = segmenter.vocabulary.colors
-    for start in range(0, len(paths), cfg.batch_size):
-        batch = paths[start : start + cfg.batch_size]
-        images = [read_rgb(p) for p in batch]
-        t0 = time.perf_counter()
-        results = segmenter.predict(images, return_probs=args.probs)
-        log.info("%d image(s) in %.2fs", len(batch), time.perf_counter() - t0)
-        for path, image, res in zip(batch, images, results):
-            arrays = {"pred": res.pred, "confidence": res.confidence}
-            if args.probs:
-                arrays["probs"] = res.probs
-            np.savez_compressed(out_dir / f"{path.stem}.npz", **arrays)
-            Image.fromarray(blend(image, res.pred, colors)).save(out_dir / f"{path.stem}.png")
-            print(f"{path} -> {out_dir / path.stem}.npz, .png  ({_summary(res.pred, segmenter.vocabulary.names)})")
-    return 0
+    return segmenter
+
+
+def _label_batch(segmenter, batch: list[Path], out_dir: Path, probs: bool) -> list[str]:
+    """Label and write one batch; a bad image is reported (one line) and the others go on."""
+    failures, images, kept = [], [], []
+    for p in batch:
+        try:
+            images.append(read_rgb(p))
+            kept.append(p)
+        except UserError as exc:
+            failures.append(str(exc))
+            print(f"pseudolabel predict: {exc}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        results = segmenter.predict(images, return_probs=probs) if images else []
+    except (ValueError, RuntimeError):  # one image the engine rejects: find it, label the rest
+        results = None
+    log.info("%d image(s) in %.2fs", len(kept), time.perf_counter() - t0)
+    for i, (path, image) in enumerate(zip(kept, images)):
+        try:
+            res = results[i] if results is not None else segmenter.predict([image], return_probs=probs)[0]
+        except (ValueError, RuntimeError) as exc:
+            failures.append(f"cannot label {path}: {exc}")
+            print(f"pseudolabel predict: cannot label {path}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            continue
+        arrays = {"pred": res.pred, "confidence": res.confidence}
+        if probs:
+            arrays["probs"] = res.probs
+        npz, overlay = outputs_of(out_dir, path)
+        np.savez_compressed(npz, **arrays)
+        Image.fromarray(blend(image, res.pred, segmenter.vocabulary.colors)).save(overlay)
+        print(f"{path} -> {npz}, {overlay.name}  ({_summary(res.pred, segmenter.vocabulary.names)})")
+    return failures
 
 
 def _summary(pred: np.ndarray, names: list[str], top: int = 3) -> str:
