@@ -19,7 +19,8 @@ def test_reference_structure_reproduces_golden_labels(image):
     engine = seg.predict([golden_image(image)])[0]
     assert (out.pred == ref["seg_pred"]).mean() >= 0.999
     assert (out.pred == engine.pred).mean() >= 0.999
-    np.testing.assert_allclose(out.confidence, engine.confidence, atol=1e-4)
+    # the engine hands over round(255 p) from its device; the reference keeps float probabilities
+    assert (np.abs(np.rint(out.confidence * 255) - engine.confidence) <= 1).all()
 
 
 def test_stacked_pamr_equals_engine_pamr():
