@@ -49,7 +49,7 @@ def main() -> int:
                               cwd=REPO))
         run_s = time.perf_counter() - t0
         stats = json.loads((tmp_path / "out" / "_stats.json").read_text())
-    labeling_s = stats.get("labeling_seconds") or run_s
+    labeling_s = stats.get("this_run", stats).get("labeling_seconds") or run_s
     n = args.images
     print(f"\n{n} images of {width}x{height}, config {Path(args.config).name} {' '.join(args.overrides)}")
     print(f"predict, one image at a time : {predict_s:7.1f} s wall  {n / predict_s:6.2f} images/s")
