@@ -32,7 +32,8 @@ FINGERPRINT_PREFIX = "c2-"  # old fingerprints (config hashes with paths in them
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 RANDOM_TAGS = ("random", "none")
 # Settings that change how fast labels are made, not the labels (left out of the identity).
-PERFORMANCE_KEYS = frozenset({"inference.max_crops_per_forward", "inference.compile", "inference.pamr_kernel"})
+PERFORMANCE_KEYS = frozenset({"inference.max_crops_per_forward", "inference.compile", "inference.pamr_kernel",
+                              "inference.post_band_pixels"})
 _ABSENT = "(absent)"
 STUDENT_VOCABULARY = "(the classes stored in the student file)"
 
