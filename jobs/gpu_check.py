@@ -19,7 +19,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -7,7 +7,6 @@ overlap (more decode threads, a deeper prefetch) could still win.
 """
 from __future__ import annotations
 
-import io
 import tempfile
 import threading
 import time
@@ -56,25 +55,17 @@ def _nvml_sampler(stop: threading.Event, samples: list[int]) -> Optional[threadi
 
 
 def measure_idle(cfg: Any, images: Sequence[np.ndarray]) -> dict[str, Any]:
-    from PIL import Image
-
+    from pipeline.benchmark import write_jpeg_shard
     from pipeline.engine import Segmenter
     from pipeline.io.shards import ShardSpec
     from pipeline.io.output_dir import OutputDir
-    from pipeline.io.tarfiles import write_tar
     from pipeline.run.stage import ShardLabeler, decode_threads
 
     engine = _TimedEngine(Segmenter.from_config(cfg))
     engine.predict(list(images[:1]), return_probs=False)  # warm-up: compiles and caches outside the timing
     engine.busy, engine.calls = 0.0, 0
     with tempfile.TemporaryDirectory() as tmp:
-        members = []
-        for i, img in enumerate(images):
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=90)
-            members.append((f"{i:08d}.jpg", buf.getvalue()))
-        shard = Path(tmp) / "idle-000000.tar"
-        write_tar(shard, members)
+        shard = write_jpeg_shard(Path(tmp) / "idle-000000.tar", images)
         labeler = ShardLabeler(engine, cfg, OutputDir(str(Path(tmp) / "out")))
         stop, samples = threading.Event(), []
         sampler = _nvml_sampler(stop, samples)

@@ -138,17 +138,21 @@ def _throughput(seg: Segmenter, images: Sequence[np.ndarray], batch: int) -> flo
     return len(images) / (time.perf_counter() - start)
 
 
-def _end_to_end(seg: Segmenter, cfg: Config, images: Sequence[np.ndarray], batch: int) -> tuple[float, dict]:
+def write_jpeg_shard(path: Path, images: Sequence[np.ndarray], quality: int = 90) -> Path:
+    """One tar of `00000000.jpg, ...`: the benchmarks' input shard."""
     from PIL import Image
 
+    members = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        members.append((f"{i:08d}.jpg", buf.getvalue()))
+    return write_tar(path, members)
+
+
+def _end_to_end(seg: Segmenter, cfg: Config, images: Sequence[np.ndarray], batch: int) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        members = []
-        for i, img in enumerate(images):
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=90)
-            members.append((f"{i:08d}.jpg", buf.getvalue()))
-        shard = Path(tmp) / "bench-000000.tar"
-        write_tar(shard, members)
+        shard = write_jpeg_shard(Path(tmp) / "bench-000000.tar", images)
         saved = cfg.batch_size
         cfg.batch_size = batch
         labeler = _TimedLabeler(seg, cfg, OutputDir(str(Path(tmp) / "out")))

@@ -16,8 +16,8 @@ from typing import Any, Literal, Optional, get_args, get_origin
 
 import yaml
 
-from pipeline.errors import UserError
 from pipeline.resources import conf_dir
+from pipeline.errors import UserError
 
 CONF_DIR = conf_dir()
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"

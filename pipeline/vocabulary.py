@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import yaml
 
+from pipeline.resources import conf_dir
 from pipeline.config import VocabularyConfig
 from pipeline.errors import UserError
-from pipeline.resources import conf_dir
 
 CONF_VOCAB_DIR = conf_dir() / "vocabularies"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import pyarrow as pa
+
 from pipeline.resources import schemas_dir
 
 SCHEMA_DIR = schemas_dir()
