@@ -118,7 +118,7 @@ def test_predict_with_a_named_vocabulary_outside_the_checkout(installed):
     with np.load(work / "pred" / "cat.npz") as arrays:
         pred = arrays["pred"]
     assert pred.shape == (40, 48) and int(pred.max()) < 21  # voc21: 21 classes
-    assert (work / "pred" / "cat.png").is_file()
+    assert (work / "pred" / "cat.overlay.png").is_file()
 
 
 def test_run_with_a_preset_outside_the_checkout(installed):

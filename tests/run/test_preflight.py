@@ -1,6 +1,5 @@
 """Checks before Ray: a bad value, a typo in a path or an unwritable OUTPUT fails in one line, exit 2,
 with nothing written and no Ray started (all in-process: preflight runs before Ray by design)."""
-import sys
 
 import pytest
 
@@ -20,6 +19,23 @@ def run_cli(capsys, inp, out, *extra):
 
 
 @pytest.fixture
+def ray_started(monkeypatch):
+    """Every time a run would start (or join) Ray; other tests may have a Ray up in this process,
+    so 'is Ray initialised' says nothing about this call."""
+    import pipeline.run.runner as runner
+
+    calls = []
+    real = runner.ray_session
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "ray_session", recording)
+    return calls
+
+
+@pytest.fixture
 def shards(tmp_path):
     from pipeline.demo_corpus import build_demo_corpus
 
@@ -33,12 +49,13 @@ def shards(tmp_path):
     ("labels.min_confidence=1.5", "labels.min_confidence=1.5 is out of range: valid values are [0, 1]"),
     ("inference.slide_crop=-5", "inference.slide_crop=-5 is out of range: valid values are >= 0"),
 ])
-def test_bad_values_are_one_line_exit_2_and_nothing_written(capsys, shards, tmp_path, override, line):
+def test_bad_values_are_one_line_exit_2_and_nothing_written(capsys, shards, tmp_path, override, line,
+                                                            ray_started):
     out = tmp_path / "out"
     rc, err = run_cli(capsys, shards, out, "--set", override)
     assert rc == 2 and len(err) == 1 and line in err[0] and "Traceback" not in err[0]
     assert not out.exists()
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert ray_started == []
 
 
 def test_missing_checkpoint_names_the_real_path_before_ray(capsys, shards, tmp_path):
@@ -74,7 +91,7 @@ def test_unwritable_output_is_one_line(capsys, shards, tmp_path, monkeypatch):
     assert rc == 2 and len(err) == 1 and "cannot be created" in err[0]
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(capsys, shards, tmp_path):
+def test_dry_run_prints_the_plan_and_writes_nothing(capsys, shards, tmp_path, ray_started):
     out = tmp_path / "out"
     sets = [a for s in TINY_OVERRIDES for a in ("--set", s)]
     assert main(["run", str(shards), str(out), *sets, "--dry-run"]) == 0
@@ -82,4 +99,4 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, shards, tmp_path):
     assert "1 in INPUT, 1 to label, 0 to skip" in text and "to label: demo-000000" in text
     assert "fingerprint: c2-" in text and "tiny_clip_openai.pt (sha256:" in text
     assert not out.exists()
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert ray_started == []
