@@ -24,7 +24,7 @@ from pipeline.student.checkpoint import load_student_file
 from pipeline.student.config import StudentConfig, from_dict
 from pipeline.student.data import scaled_size
 from pipeline.student.model import MIN_SIDE, build_student, normalize
-from pipeline.student.trainer import resolve_device
+from pipeline.engine.predictor import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from pipeline.student.config import StudentConfig
 from pipeline.student.loss import class_weights, confidence_loss
 from pipeline.student.model import build_student, normalize
 from pipeline.timestamps import utc_now_iso
+from pipeline.engine.predictor import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ class TrainResult:
     card: dict[str, Any]
     seconds: float  # training time over all attempts (resumed runs add up)
     steps: int
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"student device {name!r} asked for, but CUDA is not available here; use device=cpu or auto")
-    return device
 
 
 def lr_at(cfg: StudentConfig, step: int) -> float:
