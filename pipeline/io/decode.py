@@ -15,6 +15,13 @@ Mode policy (every conversion is recorded as the sample's `source_mode`):
 
 White, not black, under transparency: cut-out objects are authored to be seen on white pages, and
 a black background makes dark objects vanish into it.
+
+JPEG draft mode (`io.jpeg_draft`, opt-in): when the limits carry the engine's inference size,
+libjpeg scales a JPEG by 1/2, 1/4 or 1/8 in the DCT domain while decoding, to the smallest scale
+that still covers that size on both sides (so the engine only ever downsamples). It changes
+pixels slightly (labels agree on ~99.6% of pixels, docs/real_photos.md), hence opt-in. The
+limits, the mode policy and EXIF orientation are judged as without it, and `Decoded.size` is
+the full (oriented) size, at which the labels are made.
 """
 from __future__ import annotations
 
@@ -22,9 +29,10 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from pipeline.io.layout import ErrorKind
 from pipeline.io.records import SampleError
@@ -39,6 +47,10 @@ ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 GRAY_MODES = {"1", "L"}
 DIRECT_MODES = {"CMYK", "YCbCr", "RGBX"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that exchange width and height
+
+# (height, width) of the full, oriented image -> the (height, width) the engine infers at
+InferenceSize = Callable[[int, int], tuple[int, int]]
 
 # error kinds (the prefix of the manifest `error` column)
 CORRUPT = ErrorKind.CORRUPT
@@ -52,12 +64,14 @@ NO_IMAGE = ErrorKind.NO_IMAGE
 class DecodeLimits:
     max_pixels: int  # io.max_image_pixels: refuse before decoding anything bigger
     min_side: int  # the engine's patch size: a shorter side leaves no whole patch
+    draft_to: Optional[InferenceSize] = None  # io.jpeg_draft: decode JPEGs no larger than needed for this
 
 
 @dataclass
 class Decoded:
-    rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
+    rgb: np.ndarray  # (h, w, 3) uint8, EXIF orientation applied; smaller than `size` when drafted
     source_mode: str  # Pillow mode of the stored image
+    size: tuple[int, int]  # (H, W) of the full image, EXIF orientation applied: the labels' size
 
 
 _NO_LIMITS = DecodeLimits(max_pixels=2**62, min_side=0)
@@ -76,15 +90,18 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Decoded:
                                      f"({limits.max_pixels})")
     if min(width, height) < limits.min_side:
         raise SampleError(TOO_SMALL, f"{width}x{height} has a side shorter than one patch ({limits.min_side} px)")
+    if limits.draft_to is not None:
+        _draft(img, limits.draft_to)
     try:
         img.load()
     except Image.DecompressionBombError as exc:
         raise SampleError(TOO_LARGE, _bomb(exc, limits)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or damaged pixel data
         raise SampleError(CORRUPT, f"cannot decode pixels: {exc}") from exc
-    img = _exif_transpose(img)
+    img, swapped = _exif_transpose(img)
     mode = img.mode
-    return Decoded(rgb=np.ascontiguousarray(to_rgb(img)), source_mode=mode)
+    size = (width, height) if swapped else (height, width)  # the header's, not the (drafted) pixels'
+    return Decoded(rgb=np.ascontiguousarray(to_rgb(img)), source_mode=mode, size=size)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -128,13 +145,36 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise SampleError(CORRUPT, f"cannot read image header: {exc}") from exc
 
 
-def _exif_transpose(img: Image.Image) -> Image.Image:
+def _exif_transpose(img: Image.Image) -> tuple[Image.Image, bool]:
+    """The image with its EXIF orientation applied, and whether that exchanged width and height."""
     try:
-        return ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img), _orientation(img) in SWAPPING_ORIENTATIONS
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed EXIF
         # A damaged EXIF block says nothing reliable about orientation: keep the stored one.
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
-        return img
+        return img, False
+
+
+def _orientation(img: Image.Image) -> int:
+    return img.getexif().get(ExifTags.Base.Orientation, 1)  # what `ImageOps.exif_transpose` reads
+
+
+def _draft(img: Image.Image, inference_size: InferenceSize) -> None:
+    """Ask libjpeg for the smallest DCT scale whose result still covers the engine's inference
+    size on both sides (Pillow picks the largest 1/s with s <= stored // requested per side)."""
+    if not isinstance(img, JpegImagePlugin.JpegImageFile):  # also MPO, the phones' JPEG variant
+        return
+    width, height = img.size  # stored, before EXIF orientation
+    try:
+        swapped = _orientation(img) in SWAPPING_ORIENTATIONS
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decode exactly, as nothing is known of it
+        return
+    oriented = (width, height) if swapped else (height, width)
+    need_h, need_w = inference_size(*oriented)
+    if swapped:
+        need_h, need_w = need_w, need_h
+    if need_h < height or need_w < width:  # the engine shrinks it: decoding less is worth it
+        img.draft(img.mode, (max(1, need_w), max(1, need_h)))  # its own mode: never a conversion
 
 
 def _over_white(rgba: Image.Image) -> np.ndarray:
