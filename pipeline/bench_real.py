@@ -228,13 +228,13 @@ def _stage_clock_class() -> type:
         def _decode(self, sample):
             return self._clock("decode", super()._decode, sample)
 
-        def _predict(self, images):
+        def _predict(self, images, sizes=None):
             timer = self.engine.timer
             timer.reset()
             timer.enabled = True
             start = time.perf_counter()
             try:
-                return super()._predict(images)
+                return super()._predict(images, sizes)
             finally:
                 total = time.perf_counter() - start
                 timer.enabled = False

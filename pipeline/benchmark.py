@@ -188,8 +188,8 @@ class _TimedLabeler(ShardLabeler):
     def _decode(self, sample):
         return self._timed("decode", super()._decode, sample)
 
-    def _predict(self, images):
-        return self._timed("inference", super()._predict, images)
+    def _predict(self, images, sizes=None):
+        return self._timed("inference", super()._predict, images, sizes)
 
     def _encode(self, sample, out):
         return self._timed("encode_png", super()._encode, sample, out)

@@ -3,11 +3,11 @@
 `Identity.values` maps a dotted key to a canonical JSON value: the vocabulary as parsed (classes,
 synonyms, background, order), the prompt templates' text, the weights (the checkpoint's sha256;
 for a tag such as `openai` or `random`, the tag and the architecture), the model options, every
-method and inference setting that changes labels, the precision, `labels.*` and
-`io.image_extensions`. Its hash is the `fingerprint` written to dataset.json and to every
-completion record. Where things came from (vocabulary file, template file, checkpoint path) is
-kept in `sources`: recorded, not compared, so the same weights under another path spelling are
-the same identity, and the same path holding other weights is not.
+method and inference setting that changes labels, the precision, `labels.*`,
+`io.image_extensions` and `io.jpeg_draft` (when on). Its hash is the `fingerprint` written to
+dataset.json and to every completion record. Where things came from (vocabulary file, template
+file, checkpoint path) is kept in `sources`: recorded, not compared, so the same weights under
+another path spelling are the same identity, and the same path holding other weights is not.
 
 The driver builds one with `resolve_identity(cfg)` before starting Ray (reads the vocabulary and
 template files, hashes the checkpoint); each actor builds its own from what it loaded
@@ -137,6 +137,8 @@ def build_identity(cfg: Config, synonyms: Sequence[Sequence[str]] | str, templat
         "precision": cfg.precision,
         "io.image_extensions": list(cfg.io.image_extensions),
     }
+    if cfg.io.jpeg_draft:  # it changes pixels, so labels; off: absent, the fingerprint from before the key
+        values["io.jpeg_draft"] = True
     for section in ("method", "inference", "labels"):
         values.update(_flatten(dataclasses.asdict(getattr(cfg, section)), f"{section}."))
     for key in PERFORMANCE_KEYS:

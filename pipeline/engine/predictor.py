@@ -114,22 +114,34 @@ class Segmenter:
         return self.model.patch
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> list[Segmentation]:
-        """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size.
+    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True,
+                out_sizes: Optional[Sequence[tuple[int, int]]] = None) -> list[Segmentation]:
+        """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size, or
+        at `out_sizes[i]` (H, W): the full size of an image decoded smaller (io.jpeg_draft), which
+        is then inferred at the size the full image would have been.
         Post-processing runs in bands of output rows (`postprocess`): memory O(classes x band)."""
+        sizes = [tuple(s) for s in out_sizes] if out_sizes is not None else [img.shape[:2] for img in images]
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(sizes)} output sizes for {len(images)} images")
         with self.timer.section("preprocess"):
-            prepared = [self.prepare(img) for img in images]
+            prepared = [self.prepare(img, size) for img, size in zip(images, sizes)]
         logits = self.logits(prepared)
         outs = []
         with self.timer.section("postprocess"):
-            for img, x, lg in zip(images, prepared, logits):
-                band = self.post(lg, img.shape[:2], x if self.cfg.inference.pamr_steps > 0 else None, return_probs)
+            for size, x, lg in zip(sizes, prepared, logits):
+                # The final PAMR sees the prepared image upsampled to `size`, drafted or not.
+                band = self.post(lg, size, x if self.cfg.inference.pamr_steps > 0 else None, return_probs)
                 outs.append(Segmentation(pred=band.pred, confidence=band.confidence, probs=band.probs,
                                          mean_confidence=band.mean_confidence, ignored=band.ignored))
         return outs
 
-    def prepare(self, image: np.ndarray) -> Tensor:
-        """uint8 (H, W, 3) -> normalised float (3, h, w) on the device, resized to the configured short side."""
+    def inference_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) an image of (height, width) is inferred at (io.jpeg_draft decodes to no less)."""
+        return _resized(height, width, self.cfg.inference.short_side, self.cfg.inference.long_side)
+
+    def prepare(self, image: np.ndarray, full_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """uint8 (H, W, 3) -> normalised float (3, h, w) on the device, resized to the configured
+        short side of `full_size` (H, W) when the image was decoded smaller than that, else its own."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
         if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
@@ -139,12 +151,13 @@ class Segmenter:
             x = x.pin_memory()  # page-locked: the copy below runs asynchronously
         x = x.to(self.device, non_blocking=True)
         x = x.permute(2, 0, 1)[None].float()
-        size = _resized(image.shape[0], image.shape[1], self.cfg.inference.short_side, self.cfg.inference.long_side)
+        full_h, full_w = full_size or image.shape[:2]
+        size = self.inference_size(full_h, full_w)
         if size != tuple(image.shape[:2]):
             # Bilinear without antialiasing, like the cv2 resize of the authors' mmseg pipeline.
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         if min(size) < self.patch_size:
-            raise ImageTooSmall(f"image {image.shape[1]}x{image.shape[0]} is smaller than one {self.patch_size}px patch")
+            raise ImageTooSmall(f"image {full_w}x{full_h} is smaller than one {self.patch_size}px patch")
         return ((x / 255.0 - self.mean) / self.std)[0]
 
     def logits(self, images: Sequence[Tensor]) -> list[Tensor]:

@@ -4,7 +4,8 @@
 so does any test double with the same attributes. The stage (`pipeline.run.stage.ShardLabeler`)
 needs `LabelEngine`; the actor, which also writes what the engine is into dataset.json, needs
 `DescribedEngine`. An engine factory that returns something else fails at start-up with a
-TypeError naming what is missing, not deep inside the first shard.
+TypeError naming what is missing, not deep inside the first shard. `io.jpeg_draft` needs a
+`FullSizeEngine` (the Segmenter; the student and the test doubles are not, and decode exactly).
 """
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ class LabelEngine(Protocol):
 
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = False) -> Sequence[Prediction]:
         """uint8 RGB arrays (H, W, 3) of any sizes -> one prediction each, at the input size."""
+        ...
+
+
+@runtime_checkable
+class FullSizeEngine(LabelEngine, Protocol):
+    """A `LabelEngine` that says the size it infers at and labels an image decoded smaller than
+    that image's full size (JPEG draft mode) at the full size."""
+
+    def inference_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) an image of (height, width) is inferred at; a decode no smaller loses nothing."""
+        ...
+
+    def predict(self, images: Sequence[np.ndarray], return_probs: bool = False,
+                out_sizes: Optional[Sequence[tuple[int, int]]] = None) -> Sequence[Prediction]:
+        """As `LabelEngine.predict`, each prediction at `out_sizes[i]` (H, W) when given, inferred at
+        `inference_size(H, W)` whatever the size of `images[i]`."""
         ...
 
 

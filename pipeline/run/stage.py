@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import DeviceFatalError, ShardInferenceError, TransientReadError
-from pipeline.engine.protocol import LabelEngine, check_engine, engine_device
+from pipeline.engine.protocol import FullSizeEngine, LabelEngine, check_engine, engine_device
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
 from pipeline.io.masks import encode_masks, label_format
 from pipeline.io.reader import ReadReport, iter_samples
@@ -116,7 +116,7 @@ class ShardLabeler:
         self.worker = worker
         self.progress = progress or (lambda p: None)
         self.fmt = label_format(engine, cfg)
-        self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg))
+        self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg), draft_to(engine, cfg))
         self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),
                                        thread_name_prefix="decode")
         configure_pillow(cfg.io.max_image_pixels)
@@ -202,6 +202,7 @@ class ShardLabeler:
             try:
                 decoded = decode_image(sample.data or b"", self.limits)
                 sample.rgb, sample.source_mode = decoded.rgb, decoded.source_mode
+                sample.height, sample.width = decoded.size  # the labels' size, also when drafted smaller
             except SampleError as err:
                 sample.fail(err)
             sample.data = None
@@ -221,7 +222,7 @@ class ShardLabeler:
 
     def _infer(self, chunk: list[SampleResult]) -> list[tuple[SampleResult, Optional[Future]]]:
         ok = [s for s in chunk if s.ok]
-        outputs = self._predict([s.rgb for s in ok]) if ok else []
+        outputs = self._predict([s.rgb for s in ok], [(s.height, s.width) for s in ok]) if ok else []
         encodes: dict[int, Future] = {}
         for sample, out in zip(ok, outputs):
             if isinstance(out, SampleError):
@@ -231,11 +232,16 @@ class ShardLabeler:
             sample.rgb = None
         return [(s, encodes.get(id(s))) for s in chunk]
 
-    def _predict(self, images: list[np.ndarray]) -> Sequence[Any]:
-        """Engine outputs, one per image; an image the engine fails on becomes a SampleError.
-        A failing batch is retried image by image so one bad image does not fail its neighbours."""
+    def _predict(self, images: list[np.ndarray], sizes: Optional[list[tuple[int, int]]] = None) -> Sequence[Any]:
+        """Engine outputs, one per image, at `sizes` (H, W; default the images' own); an image the
+        engine fails on becomes a SampleError. A failing batch is retried image by image so one bad
+        image does not fail its neighbours."""
+        sizes = sizes or [img.shape[:2] for img in images]
         try:
-            outs = self.engine.predict(images, return_probs=False)
+            if any(img.shape[:2] != size for img, size in zip(images, sizes)):  # drafted: a FullSizeEngine
+                outs = self.engine.predict(images, return_probs=False, out_sizes=sizes)  # type: ignore[call-arg]
+            else:  # engines without `out_sizes` (the student, test doubles) are called as always
+                outs = self.engine.predict(images, return_probs=False)
         except Exception as exc:  # noqa: BLE001 - any engine failure on data is a sample error
             if is_fatal_device_error(exc):  # the device, not the data: no row, the worker must go
                 raise DeviceFatalError(f"engine device failed: {type(exc).__name__}: {exc}") from exc
@@ -244,12 +250,12 @@ class ShardLabeler:
                     return [exc]  # the engine says the image is at fault (e.g. too_small after the resize)
                 log.warning("engine failed on an image (%s x %s): %s", *images[0].shape[:2], exc)
                 return [SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")]
-            return [out for img in images for out in self._predict([img])]
+            return [out for img, size in zip(images, sizes) for out in self._predict([img], [size])]
         checked: list[Any] = []
-        for img, out in zip(images, outs):
+        for size, out in zip(sizes, outs):
             shape = tuple(np.shape(out.pred))
-            if shape != img.shape[:2] or np.shape(out.confidence) != shape:
-                checked.append(SampleError(INFERENCE, f"engine returned a {shape} mask for a {img.shape[:2]} image"))
+            if shape != tuple(size) or np.shape(out.confidence) != shape:
+                checked.append(SampleError(INFERENCE, f"engine returned a {shape} mask for a {tuple(size)} image"))
             else:
                 checked.append(out)
         return checked
@@ -319,6 +325,18 @@ def _engine_fingerprint(engine: Any, cfg: Config) -> str:
 
     # An engine that does not expose its vocabulary (test doubles): the identity of the config's files.
     return (loaded_identity(cfg, engine) if hasattr(engine, "vocabulary") else resolve_identity(cfg)).fingerprint
+
+
+def draft_to(engine: LabelEngine, cfg: Config) -> Optional[Callable[[int, int], tuple[int, int]]]:
+    """With io.jpeg_draft, the engine's inference size, for the decoder to draft JPEGs down to;
+    None (exact decoding) otherwise, or when the engine cannot label at a size it was not given."""
+    if not cfg.io.jpeg_draft:
+        return None
+    if not isinstance(engine, FullSizeEngine):
+        log.warning("io.jpeg_draft is on but engine %s cannot label at the full size from a smaller "
+                    "decode; decoding exactly", type(engine).__name__)
+        return None
+    return engine.inference_size
 
 
 def min_side(engine: LabelEngine, cfg: Config) -> int:
