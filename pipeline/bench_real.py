@@ -7,7 +7,8 @@ is noisy:
   process so that the peak RSS is that size's own; optionally the untiled form for comparison;
 - `real_corpus`: the whole stage (`ShardLabeler`) on JPEGs of mixed sizes (0.3-24 MP, textured so
   that their byte sizes are those of photos) for 21/150/171-class vocabularies: host milliseconds
-  per image by stage (decode, resize, post-process, encode, write), engine milliseconds, peak RSS.
+  per image by stage (decode, resize, post-process, encode, write), engine milliseconds, peak RSS;
+  with `--set io.jpeg_draft=true` every cell twice, decoded exactly and drafted (column `draft`).
 """
 from __future__ import annotations
 
@@ -156,19 +157,26 @@ def real_corpus(cfg: Config, megapixels: Sequence[float], vocabularies: Sequence
 
     rng = np.random.default_rng(seed)
     photos = {mp: [textured_jpeg(rng, *size_for(mp)) for _ in range(repeats)] for mp in megapixels}
+    drafts = (False, True) if cfg.io.jpeg_draft else (False,)  # drafted cells next to the exact ones
     rows = []
     for name in vocabularies:
         cfg.vocabulary.file = str(CONF_DIR / "vocabularies" / f"{name}.txt")
         seg = Segmenter(*_clip_and_vocab(cfg, load_vocabulary), cfg, _device(cfg))
         seg.predict([np.zeros((336, 448, 3), np.uint8)], return_probs=False)  # warm-up
         for mp in megapixels:
-            times = _label_shard(seg, cfg, photos[mp])
-            row = {"vocabulary": name, "classes": seg.num_classes, "megapixels": size_for(mp)[0] * size_for(mp)[1] / 1e6,
-                   "jpeg_kb": statistics.mean(len(p) for p in photos[mp]) / 1024,
-                   "ms": {k: spread([1000 * v for v in vs]) for k, vs in times.by_stage.items()},
-                   "peak_rss_mb": _rss_mb()}
-            rows.append(row)
+            for draft in drafts:
+                rows.append(_corpus_row(seg, cfg, name, mp, photos[mp], draft))
+    cfg.io.jpeg_draft = drafts[-1]
     return rows
+
+
+def _corpus_row(seg: Any, cfg: Config, name: str, mp: float, jpegs: Sequence[bytes], draft: bool) -> dict[str, Any]:
+    cfg.io.jpeg_draft = draft
+    times = _label_shard(seg, cfg, jpegs)
+    return {"vocabulary": name, "classes": seg.num_classes, "megapixels": size_for(mp)[0] * size_for(mp)[1] / 1e6,
+            "jpeg_kb": statistics.mean(len(p) for p in jpegs) / 1024, "jpeg_draft": draft,
+            "ms": {k: spread([1000 * v for v in vs]) for k, vs in times.by_stage.items()},
+            "peak_rss_mb": _rss_mb()}
 
 
 def _clip_and_vocab(cfg: Config, load_vocabulary: Any) -> tuple[Any, Any]:
@@ -262,12 +270,14 @@ STAGES = ("decode", "resize", "engine", "postprocess", "encode", "write")
 
 def format_real_corpus(rows: list[dict[str, Any]], machine: str) -> str:
     lines = [f"realistic corpus on {machine}: ms per image, median (min-max) over the repeats",
-             f"{'vocab':>10} {'MP':>6} {'JPEG KB':>8} " + " ".join(f"{s:>18}" for s in STAGES) + f" {'peak RSS MB':>11}"]
+             f"{'vocab':>10} {'MP':>6} {'JPEG KB':>8} {'draft':>5} " + " ".join(f"{s:>18}" for s in STAGES)
+             + f" {'peak RSS MB':>11}"]
     for r in rows:
         cells = []
         for s in STAGES:
             t = r["ms"].get(s)
             cells.append(f"{t['median']:7.0f} ({t['min']:.0f}-{t['max']:.0f})".rjust(18) if t else " " * 18)
-        lines.append(f"{r['vocabulary']:>10} {r['megapixels']:6.2f} {r['jpeg_kb']:8.0f} " + " ".join(cells)
+        draft = "yes" if r.get("jpeg_draft") else "no"
+        lines.append(f"{r['vocabulary']:>10} {r['megapixels']:6.2f} {r['jpeg_kb']:8.0f} {draft:>5} " + " ".join(cells)
                      + f" {r['peak_rss_mb']:11.0f}")
     return "\n".join(lines)
