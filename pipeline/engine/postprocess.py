@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.engine.host_copy import PackedBuffers
+
 # Output pixels per band: 64 Ki pixels x 171 classes x 4 bytes = 45 MB per (C, band) tensor; small
 # enough for any host, big enough that per-band overheads stay under ~5% on CPU (measured).
 DEFAULT_BAND_PIXELS = 1 << 16
@@ -51,6 +53,8 @@ class PostSettings:
 class BandOutputs:
     """What crosses to the host for one image: <= 2 bytes per pixel plus the label dtype."""
 
+    # On CUDA the first four are `host_copy.PendingArray`s (ndarray-like; contents on first read;
+    # `mean_confidence` a 0-d float64 one, `float()` gives the value).
     pred: np.ndarray  # (H, W) uint8 (<= 256 classes) or uint16 class index
     confidence: np.ndarray  # (H, W) uint8 = round(255 * p)
     mean_confidence: float  # mean of the float confidence (float64 sum over bands)
@@ -83,7 +87,9 @@ def _axis(n_in: int, n_out: int, start: int, stop: int, device: torch.device) ->
     l1 = np.clip(src - i0.astype(f32), f32(0), f32(1)).astype(f32)
     l0 = (f32(1) - l1).astype(f32)
     lo, hi = int(i0.min()), int(i1.max()) + 1
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    # non_blocking: from pageable memory CUDA stages the bytes before returning, without the
+    # stream synchronisation a blocking copy does (which would stall every band on a GPU)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)  # noqa: E731
     return _Axis(lo, hi, as_t(i0 - lo), as_t(i1 - lo), as_t(l0), as_t(l1))
 
 
@@ -123,6 +129,9 @@ class BandedPost:
         self.num_classes = num_classes
         self.s = settings
         self.refine = refine
+        # The deferred copy's transport (`host_copy.cuda_copy` when None); tests set a fake to run
+        # the CUDA path's logic on CPU tensors.
+        self.copier: Optional[Callable] = None
         if settings.pamr_halo and refine is None:
             raise ValueError("a PAMR halo needs a refine function")
 
@@ -131,27 +140,22 @@ class BandedPost:
 
     def __call__(self, logits: Tensor, out_size: tuple[int, int], image: Optional[Tensor] = None,
                  return_probs: bool = False) -> BandOutputs:
-        """logits (Q, h, w) and, for the final PAMR, the prepared image (3, h, w) -> host outputs."""
+        """logits (Q, h, w) and, for the final PAMR, the prepared image (3, h, w) -> host outputs.
+        On CUDA the outputs are `PendingArray`s filled by one non-blocking copy (`host_copy`)."""
         height, width = out_size
         rows = band_rows(height, width, self.s.band_pixels, self.s.pamr_halo)
-        t_dtype, np_dtype = self.label_dtype()
-        pred = np.empty((height, width), np_dtype)
-        conf = np.empty((height, width), np.uint8)
-        ignored = np.empty((height, width), bool) if self.s.min_confidence > 0 else None
+        deferred = logits.is_cuda or self.copier is not None
+        sink = (_DeviceSink if deferred else _HostSink)(out_size, self.label_dtype()[0], self.s.min_confidence > 0,
+                                                        logits.device)
         probs = np.empty((self.num_classes, height, width), np.float32) if return_probs else None
-        total = 0.0
         for start in range(0, height, rows):
             stop = min(start + rows, height)
             band_probs = self.class_probs(logits, out_size, start, stop, image)
             p, c = self.finish(band_probs)
-            total += float(c.sum(dtype=torch.float64))
-            pred[start:stop] = p.to(t_dtype).cpu().numpy()
-            conf[start:stop] = quantise(c).cpu().numpy()
-            if ignored is not None:
-                ignored[start:stop] = (c < self.s.min_confidence).cpu().numpy()
-            if probs is not None:
+            sink.put(start, stop, p, c, self.s.min_confidence)
+            if probs is not None:  # opt-in and float32 (C x 4 bytes a pixel): copied per band, blocking
                 probs[:, start:stop] = (band_probs / band_probs.sum(dim=0, keepdim=True)).cpu().numpy()
-        return BandOutputs(pred, conf, total / max(1, height * width), ignored, probs)
+        return sink.outputs(probs, self.copier)
 
     def class_probs(self, logits: Tensor, out_size: tuple[int, int], start: int, stop: int,
                     image: Optional[Tensor]) -> Tensor:
@@ -178,6 +182,61 @@ class BandedPost:
         total = probs.sum(dim=0, keepdim=True)  # the synonym max leaves rows that no longer sum to 1
         conf = probs.gather(0, pred[None])[0] / total[0]
         return pred, conf
+
+
+class _HostSink:
+    """Band results straight into host arrays (the CPU path: `.cpu()` there is free, one copy each)."""
+
+    def __init__(self, out_size: tuple[int, int], label_dtype: torch.dtype, with_ignored: bool,
+                 device: torch.device):
+        self.t_dtype = label_dtype
+        self.pred = np.empty(out_size, _NP_LABEL[label_dtype])
+        self.conf = np.empty(out_size, np.uint8)
+        self.ignored = np.empty(out_size, bool) if with_ignored else None
+        self.total = 0.0
+        self.pixels = out_size[0] * out_size[1]
+
+    def put(self, start: int, stop: int, pred: Tensor, conf: Tensor, min_confidence: float) -> None:
+        self.total += float(conf.sum(dtype=torch.float64))
+        self.pred[start:stop] = pred.to(self.t_dtype).cpu().numpy()
+        self.conf[start:stop] = quantise(conf).cpu().numpy()
+        if self.ignored is not None:
+            self.ignored[start:stop] = (conf < min_confidence).cpu().numpy()
+
+    def outputs(self, probs: Optional[np.ndarray], copier=None) -> BandOutputs:
+        return BandOutputs(self.pred, self.conf, self.total / max(1, self.pixels), self.ignored, probs)
+
+
+class _DeviceSink:
+    """Band results into one device buffer per image, then one non-blocking copy to pinned memory:
+    no band waits for the device (a blocking `.cpu()` per band, and `float()` of the confidence
+    sum, each stalled the inference thread until the GPU had caught up)."""
+
+    def __init__(self, out_size: tuple[int, int], label_dtype: torch.dtype, with_ignored: bool,
+                 device: torch.device):
+        parts = [("mean", (), torch.float64), ("pred", out_size, label_dtype), ("conf", out_size, torch.uint8)]
+        if with_ignored:
+            parts.append(("ignored", out_size, torch.bool))
+        self.buffers = PackedBuffers(parts, device)
+        self.parts = self.buffers.views
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.pixels = out_size[0] * out_size[1]
+
+    def put(self, start: int, stop: int, pred: Tensor, conf: Tensor, min_confidence: float) -> None:
+        # float64 additions in the host sink's order: the same sum, bit for bit
+        self.total += conf.sum(dtype=torch.float64)
+        self.parts["pred"][start:stop] = pred
+        self.parts["conf"][start:stop] = quantise(conf)
+        if "ignored" in self.parts:
+            self.parts["ignored"][start:stop] = conf < min_confidence
+
+    def outputs(self, probs: Optional[np.ndarray], copier=None) -> BandOutputs:
+        self.parts["mean"].copy_(self.total / max(1, self.pixels))  # IEEE division, as on the host
+        host = self.buffers.send(copier)
+        return BandOutputs(host["pred"], host["conf"], host["mean"], host.get("ignored"), probs)
+
+
+_NP_LABEL = {torch.uint8: np.uint8, torch.uint16: np.uint16}
 
 
 def quantise(conf: Tensor) -> Tensor:
