@@ -111,8 +111,8 @@ class IOConfig:
     image_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default limit)
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in libjpeg (Pillow's draft mode) when the engine would
-    # shrink them anyway: ~8x faster decoding at 12 MP, labels still at the full size, but slightly
-    # different pixels (label agreement in docs/real_photos.md), so off by default.
+    # shrink them anyway: ~3x faster decoding at 12 MP, labels still at the full size, but slightly
+    # different pixels (~99.6% equal labels, docs/real_photos.md), so off by default.
     jpeg_draft: bool = False
     # An image member declaring more bytes is a too_large row, skipped unread (checked on the tar
     # header, before reading). 256 MiB: a 89-Mpixel PNG at ~3 bytes/pixel still fits.
