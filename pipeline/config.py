@@ -118,7 +118,7 @@ class IOConfig:
     # header, before reading). 256 MiB: a 89-Mpixel PNG at ~3 bytes/pixel still fits.
     max_member_bytes: int = 268_435_456
     decode_threads: int = 0  # decoding/encoding threads per actor; 0 = auto: cores per GPU, or 2 on CPU
-    prefetch_batches: int = 2  # decoded batches queued ahead of inference
+    prefetch_batches: int = 2  # decoded batches queued ahead of inference; whole-image mode regroups as many by shape
     png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)
     min_image_side: int = 16  # run: shorter images are errors; the engine's patch size wins when it exposes one

@@ -31,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.engine.shape_cache import shape_cache
+
 PamrKernel = Literal["auto", "sparse", "shifted", "stencil"]
 
 # Neighbour offsets in the order of the reference kernels (row-major 3x3 without the centre).
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+PATTERN_CACHE_MB = 512  # ~27 whole 336x448 images' patterns, ~80 crops of 224
 
 
 def _shifted(x: Tensor, dilation: int, with_centre: bool) -> list[Tensor]:
@@ -207,8 +210,9 @@ class _Pattern:
         )
 
 
-# Bounded: a pattern takes ~19 MB for a 336x448 image; shapes repeat across crops and images.
-@functools.lru_cache(maxsize=16)
+# A pattern takes ~19 MB for a 336x448 image; shapes repeat across crops and images. Bounded by
+# bytes, so a corpus of many photo shapes keeps its common ones (pipeline.engine.shape_cache).
+@shape_cache(PATTERN_CACHE_MB)
 def _pattern(h: int, w: int, dilations: tuple[int, ...], device: str) -> _Pattern:
     ys = torch.arange(h).view(h, 1)
     xs = torch.arange(w).view(1, w)

@@ -113,6 +113,17 @@ class Segmenter:
     def patch_size(self) -> int:
         return self.model.patch
 
+    @property
+    def batches_by_shape(self) -> bool:
+        """Whole-image mode: crops batch by exact shape, so images of one `batch_key` run together
+        (sliding windows are 224x224 whatever the image: any images batch together)."""
+        return self.cfg.inference.slide_crop <= 0
+
+    def batch_key(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of (height, width) is inferred at."""
+        inf = self.cfg.inference
+        return _resized(height, width, inf.short_side, inf.long_side)
+
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = True,
                 out_sizes: Optional[Sequence[tuple[int, int]]] = None) -> list[Segmentation]:

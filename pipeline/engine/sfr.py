@@ -8,12 +8,15 @@ grid and is built once per grid size.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pipeline.engine.shape_cache import shape_cache
+
+GEOMETRY_CACHE_MB = 1024  # ~37 whole 336x448 grids; a 336x2048 panorama's (2.4 GB) is built, not kept
 
 
 def pixel_labels(probs: Tensor, temp_thd: float) -> Tensor:
@@ -77,7 +80,8 @@ class GridGeometry:
     decay: Tensor  # (N, N) float32: exp(-steps / M)
 
 
-@functools.lru_cache(maxsize=16)
+# ~28 MB for a whole 336x448 image's grid, ~2.4 GB for a 336x2048 panorama's: bounded by bytes.
+@shape_cache(GEOMETRY_CACHE_MB)
 def grid_geometry(gh: int, gw: int, device: str = "cpu") -> GridGeometry:
     """The path points as bit sets: checking a pair is then a few word ANDs instead of M + 1 gathers
     (6x faster for a 224 crop; 10x for a whole 336x448 image, whose paths have up to 28 points)."""

@@ -57,6 +57,9 @@ ProgressFn = Callable[[ShardProgress], None]
 # images it was given, or this many in a row (an engine that broke part way through a shard).
 MAX_INFERENCE_FAILURE_SHARE = 0.5
 MAX_INFERENCE_FAILURE_STREAK = 8
+# Whole-image mode regroups a window of images by shape; the window also stops at this many decoded
+# pixels (~300 MB of RGB), so 24 MP photos do not hold prefetch_batches x batch_size of them at once.
+GROUP_WINDOW_PIXELS = 100_000_000
 
 
 @dataclass
@@ -117,6 +120,8 @@ class ShardLabeler:
         self.progress = progress or (lambda p: None)
         self.fmt = label_format(engine, cfg)
         self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg), draft_to(engine, cfg))
+        # Whole-image engines batch by image shape (Segmenter.batch_key); others take any batch.
+        self._batch_key = engine.batch_key if getattr(engine, "batches_by_shape", False) else None  # type: ignore[attr-defined]
         self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),
                                        thread_name_prefix="decode")
         configure_pillow(cfg.io.max_image_pixels)
@@ -209,10 +214,15 @@ class ShardLabeler:
         return sample
 
     def _labeled(self, decoded: Iterator[SampleResult]) -> Iterator[list[tuple[SampleResult, Optional[Future]]]]:
-        """Chunks of samples with at most batch_size images each; encoding of one chunk overlaps
-        inference of the next, so a chunk is yielded one step late."""
+        """Chunks of samples in input order; encoding of one chunk overlaps inference of the next,
+        so a chunk is yielded one step late. A chunk holds batch_size images, or, when the engine
+        batches by image shape (whole-image mode), up to io.prefetch_batches batches' worth, which
+        `_infer` regroups by shape: a corpus of mixed photo sizes then fills its batches."""
+        batch = max(1, self.cfg.batch_size)
+        grouped = self._batch_key is not None
+        window = batch * max(1, self.cfg.io.prefetch_batches) if grouped else batch
         previous: Optional[list[tuple[SampleResult, Optional[Future]]]] = None
-        for chunk in _chunks(decoded, max(1, self.cfg.batch_size)):
+        for chunk in _chunks(decoded, window, GROUP_WINDOW_PIXELS if grouped else 0):
             current = self._infer(chunk)
             if previous is not None:
                 yield previous
@@ -222,7 +232,11 @@ class ShardLabeler:
 
     def _infer(self, chunk: list[SampleResult]) -> list[tuple[SampleResult, Optional[Future]]]:
         ok = [s for s in chunk if s.ok]
-        outputs = self._predict([s.rgb for s in ok], [(s.height, s.width) for s in ok]) if ok else []
+        outputs: list[Any] = [None] * len(ok)
+        for members in _batches(ok, max(1, self.cfg.batch_size), self._batch_key):
+            batch = [ok[i] for i in members]
+            for i, out in zip(members, self._predict([s.rgb for s in batch], [(s.height, s.width) for s in batch])):
+                outputs[i] = out
         encodes: dict[int, Future] = {}
         for sample, out in zip(ok, outputs):
             if isinstance(out, SampleError):
@@ -347,14 +361,38 @@ def min_side(engine: LabelEngine, cfg: Config) -> int:
     return int(patch) if isinstance(patch, (int, np.integer)) and patch > 0 else cfg.io.min_image_side
 
 
-def _chunks(samples: Iterator[SampleResult], batch_size: int) -> Iterator[list[SampleResult]]:
+def _chunks(samples: Iterator[SampleResult], images: int, max_pixels: int = 0) -> Iterator[list[SampleResult]]:
+    """Consecutive samples with `images` decoded images each (the last may have fewer), cut early
+    once they hold `max_pixels` decoded pixels (0: no pixel bound)."""
     chunk: list[SampleResult] = []
-    images = 0
+    count = pixels = 0
     for sample in samples:
         chunk.append(sample)
-        images += sample.ok
-        if images == batch_size:
+        if sample.ok:
+            count += 1
+            pixels += int(np.prod(np.shape(sample.rgb)[:2])) if sample.rgb is not None else 0
+        if count == images or (max_pixels and pixels >= max_pixels):
             yield chunk
-            chunk, images = [], 0
+            chunk, count, pixels = [], 0, 0
     if chunk:
         yield chunk
+
+
+def _batches(samples: Sequence[SampleResult], batch_size: int,
+             key: Optional[Callable[[int, int], Any]]) -> list[list[int]]:
+    """Indices into `samples`, cut into engine calls of at most batch_size images. With a key,
+    full batches of one key come first, then the remainders of every key, packed together in
+    order (the engine still groups those by shape inside one call, so none runs alone
+    needlessly). Without one: consecutive batches."""
+    if key is None:
+        return [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
+    groups: dict[Any, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(key(s.height, s.width), []).append(i)
+    calls: list[list[int]] = []
+    rest: list[int] = []
+    for members in groups.values():
+        full = len(members) - len(members) % batch_size
+        calls += [members[i : i + batch_size] for i in range(0, full, batch_size)]
+        rest += members[full:]
+    return calls + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
