@@ -7,6 +7,7 @@ batched through the ViT together (grouped by crop shape), so images of different
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -175,7 +176,6 @@ class Segmenter:
         """Sliding-window cosine logits (Q, h, w) per prepared image, overlapping crops averaged."""
         inf = self.cfg.inference
         sums = [img.new_zeros((len(self.text),) + tuple(img.shape[-2:])) for img in images]
-        counts = [img.new_zeros((1,) + tuple(img.shape[-2:])) for img in images]
         groups: dict[tuple[int, int], list[tuple[int, Crop]]] = defaultdict(list)
         for i, img in enumerate(images):
             for crop in plan_crops(img.shape[-2], img.shape[-1], inf.slide_crop, inf.slide_stride):
@@ -187,10 +187,14 @@ class Segmenter:
                 batch = torch.stack([images[i][:, c.y1 : c.y2, c.x1 : c.x2] for i, c in chunk])
                 crop_logits = self.crop_logits(batch)
                 with self.timer.section("window_merge"):
+                    # One slice add per crop, in plan order: the sums bit for bit as before. One
+                    # index_add_ per wave of non-overlapping crops was also exact but 3.6x slower on
+                    # CPU (docs/gpu.md); the counts, which depend only on the plan, are cached.
                     for (i, c), lg in zip(chunk, crop_logits):
                         sums[i][:, c.y1 : c.y2, c.x1 : c.x2] += lg
-                        counts[i][:, c.y1 : c.y2, c.x1 : c.x2] += 1
-        return [s / c for s, c in zip(sums, counts)]
+        # in place: the same division, without a second (Q, h, w) tensor per image
+        return [s.div_(_window_counts(tuple(s.shape[-2:]), inf.slide_crop, inf.slide_stride, s.device, s.dtype))
+                for s in sums]
 
     def _crops_per_forward(self) -> int:
         wanted = self.cfg.inference.max_crops_per_forward
@@ -281,6 +285,17 @@ class Segmenter:
             confidence=conf.float().cpu().numpy(),
             probs=probs.float().cpu().numpy() if return_probs else None,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _window_counts(size: tuple[int, int], crop: int, stride: int, device: torch.device,
+                   dtype: torch.dtype) -> Tensor:
+    """(1, h, w): how many crops of the plan cover each pixel. Shared by every image of that size:
+    read only."""
+    counts = torch.zeros((1,) + size, device=device, dtype=dtype)
+    for c in plan_crops(size[0], size[1], crop, stride):
+        counts[:, c.y1 : c.y2, c.x1 : c.x2] += 1
+    return counts
 
 
 def _resized(height: int, width: int, short_side: int, long_side: int = 0) -> tuple[int, int]:
