@@ -101,6 +101,10 @@ class InferenceConfig:
     # torch.compile the shifted PAMR propagation, after a one-off compile per crop shape (~1 min on
     # 2 cores). With pamr_kernel auto, compile picks the shifted kernel.
     compile: bool = False
+    # torch.compile the ViT trunk (blocks 0..L-2): true | false. Opt-in until the GPU check measures
+    # that it pays (bench.json, compile_trunk rows); one-off compile per worker (minutes on CUDA with
+    # autotuning). Equal to eager within 1e-5 on CPU (tests/engine/test_compile_trunk.py).
+    compile_trunk: bool = False
     # CUDA, float32: matmuls and convolutions in TF32 (10-bit mantissa, ~8x the float32 rate on
     # H100/H200). Off reproduces float32 exactly.
     tf32: bool = True

@@ -8,7 +8,7 @@ computes. The last block is re-implemented from its weights, read by name (`in_p
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ class DenseViT(nn.Module):
             self.rcs_layers = tuple(sorted(set(method.rcs.layers)))
         self.rcs_mix = Mix(method.rcs.tau, method.rcs.lam)
         self.sfr_mix = Mix(method.sfr.tau, method.sfr.lam)
+        self._compiled: Optional[Callable] = None  # `compiled_trunk`, made on first use
 
     def cast_matmul_weights(self, dtype: torch.dtype) -> None:
         """Store the weights of every matrix product (patch conv, qkv, out_proj, MLP, proj) in `dtype`.
@@ -95,6 +96,23 @@ class DenseViT(nn.Module):
                 x = block_fused(blk, x)
         rcs = rcs_sum / len(self.rcs_layers) if rcs_sum is not None else None
         return x, rcs
+
+    def compiled_trunk(self) -> Callable[[Tensor], tuple[Tensor, Optional[Tensor]]]:
+        """`trunk` through torch.compile, built once per module (`inference.compile_trunk`).
+
+        CUDA: "max-autotune-no-cudagraphs": the gains to expect are fused element-wise work
+        (LayerNorm, GELU, residual adds, RCS averaging) and GEMM tiles tuned to the shapes; CUDA
+        graphs are left out because with post-processing no longer synchronising the host runs
+        ahead of the GPU, so launch latency is already hidden, and graph outputs are overwritten
+        by the next replay (a hazard for tokens held across the two heads). CPU: the default mode
+        (autotuning there costs minutes of compile for nothing measurable).
+        Shapes: dynamic=None, so torch specialises on the first batch size and makes the batch
+        dimension symbolic at the second, instead of compiling once per crop count."""
+        if self._compiled is None:
+            device = next(self.parameters()).device
+            mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+            self._compiled = torch.compile(self.trunk, mode=mode, fullgraph=False)
+        return self._compiled
 
     def head(self, x: Tensor, grid: tuple[int, int], rcs: Optional[Tensor], sfr: Optional[Tensor]) -> Tensor:
         """The replaced last block, ln_post and proj on every token: (B, T, D) -> (B, T, E)."""

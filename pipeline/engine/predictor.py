@@ -116,14 +116,9 @@ class Segmenter:
 
     @property
     def batches_by_shape(self) -> bool:
-        """Whole-image mode: crops batch by exact shape, so images of one `batch_key` run together
-        (sliding windows are 224x224 whatever the image: any images batch together)."""
+        """Whole-image mode: crops batch by exact shape, so images of one `inference_size` run
+        together (sliding windows are 224x224 whatever the image: any images batch together)."""
         return self.cfg.inference.slide_crop <= 0
-
-    def batch_key(self, height: int, width: int) -> tuple[int, int]:
-        """The size an image of (height, width) is inferred at."""
-        inf = self.cfg.inference
-        return _resized(height, width, inf.short_side, inf.long_side)
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = True,
@@ -211,7 +206,8 @@ class Segmenter:
         t = self.timer
         with self.autocast:
             with t.section("vit_trunk"):
-                x, rcs = self.model.trunk(crops)
+                trunk = self.model.compiled_trunk() if self.cfg.inference.compile_trunk else self.model.trunk
+                x, rcs = trunk(crops)
             sfr = None
             if self.cfg.method.sfr.enabled:
                 with t.section("sfr_first_pass"):
