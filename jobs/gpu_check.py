@@ -149,7 +149,35 @@ def step_bench(args: argparse.Namespace) -> None:
               f"{res['end_to_end_images_per_s']:.1f}, MFU {res['mfu']}")
     for precision in ("float32",) + (() if dry else ("float16",)):
         runs.append(_engine_only(_config(dry, [f"precision={precision}"]), images, batches[-1:], precision))
-    _write(args.out, "bench.json", runs)
+    _write(args.out, "bench.json", runs)  # kept if the compile rows below run out of time
+    for flag in (False, True):
+        runs.append(_compile_trunk_run(dry, images[: 2 if dry else 64], 2 if dry else 32, flag))
+        _write(args.out, "bench.json", runs)
+
+
+def _compile_trunk_run(dry: bool, images: list, bs: int, flag: bool) -> dict[str, Any]:
+    """Engine-only bf16 at one batch size with and without `inference.compile_trunk`: does the
+    compiled trunk pay, and what does its one-off compile cost (the first call's seconds). The
+    warm-up is at the timed batch size, so no compile is spent on another shape. A failure is
+    recorded, not raised: the rows above are the step's main result."""
+    from pipeline.engine import Segmenter
+
+    row: dict[str, Any] = {"mode": "slide", "precision": "bfloat16", "compile_trunk": flag, "engine_by_batch": {}}
+    try:
+        seg = Segmenter.from_config(_config(dry, ["precision=bfloat16", f"inference.compile_trunk={str(flag).lower()}"]))
+        t0 = time.perf_counter()
+        seg.predict(images[:bs], return_probs=False)
+        _sync(seg.device)
+        row["first_call_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(0, len(images), bs):
+            seg.predict(images[i : i + bs], return_probs=False)
+        _sync(seg.device)
+        row["engine_by_batch"] = {str(bs): len(images) / (time.perf_counter() - t0)}
+    except Exception as exc:  # noqa: BLE001 - the measurement's answer, not the step's failure
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    print(f"slide bfloat16 compile_trunk={flag}: {row}")
+    return row
 
 
 def _engine_only(cfg: Any, images: list, batches: list[int], precision: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one run of about 6 minutes (for a short device lease):
+# Every check that needs a GPU, in one run of about 7 minutes (for a short device lease):
 #   install  the carried wheels (.whl/, from jobs/fetch_gpu_wheels.sh) into a temporary folder
 #   env      imports, torch / CUDA / cuDNN / cuSPARSE versions, the GPU             -> env.json
 #   gpu_tests  tests/engine/test_gpu.py: fp32 vs golden labels, bf16 / fp16 agreement, PAMR kernels,
 #            two processes on one GPU                                              -> gpu-tests.log
-#   bench    ViT-B/16 at the paper's settings: sliding and whole image, batch sizes, precisions -> bench.json
+#   bench    ViT-B/16 at the paper's settings: sliding and whole image, batch sizes, precisions;
+#            bf16 batch 32 with and without inference.compile_trunk (compile included) -> bench.json
 #   probe    device time per stage: trunk, heads, PAMR per kernel, post-processing, copies -> probe.json
 #   codecs   decode (full, JPEG draft) and mask PNG encode per zlib level, per core  -> codecs.json
 #   idle     the shard stage end to end: share of wall time the engine / GPU waits   -> idle.json
@@ -76,7 +77,7 @@ host=()
 step install 30 bash -c install_wheels
 step env 60 "$py" jobs/gpu_check.py env --out "$out" "${flags[@]}" "${host[@]}"
 step gpu_tests 100 bash -c gpu_tests
-step bench 130 "$py" jobs/gpu_check.py bench --out "$out" "${flags[@]}"
+step bench 220 "$py" jobs/gpu_check.py bench --out "$out" "${flags[@]}"
 step probe 50 "$py" jobs/gpu_check.py probe --out "$out" "${flags[@]}"
 step codecs 20 "$py" jobs/gpu_check.py codecs --out "$out" "${flags[@]}"
 step idle 45 "$py" jobs/gpu_check.py idle --out "$out" "${flags[@]}"
