@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.metadata
+import json
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 HOST_IMAGE = set("""
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
@@ -90,3 +91,104 @@ def hide_missing_distributions(carried: Optional[Path]) -> list[str]:
     finder = _HideMissing(host_distributions(), carried)
     sys.meta_path.insert(0, finder)
     return finder.hidden  # type: ignore[return-value]  # filled as imports happen
+
+
+# -- the wheel set for Python 3.12 (jobs/fetch_gpu_wheels.sh --check) --------------------------------
+
+# Provided by the host image at these versions; resolved as dependency-free stand-in wheels with a
+# local version label that no index has, so pip neither downloads torch (530 MiB; this registry
+# serves no metadata-only form of it) nor re-resolves the image's CUDA libraries.
+HOST_TORCH = {"torch": "2.11.0+hostimage", "torchvision": "0.26.0+hostimage"}
+# What the GPU check imports (directly or through the package); ray, webdataset and s3fs are
+# runtime requirements it does not need (tests, benchmark and probes use the engine and the stage).
+CHECK_ROOTS = ("open-clip-torch", "ftfy", "braceexpand", "numpy", "pillow", "pyarrow", "pandas", "fsspec",
+               "pyyaml", "tqdm", "rich", "matplotlib", "pytest", "pytest-timeout")
+
+
+def write_stub_wheels(dest: Path) -> list[Path]:
+    """One empty wheel per HOST_TORCH entry (METADATA, WHEEL, RECORD; no requirements)."""
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, version in HOST_TORCH.items():
+        info = f"{name}-{version}.dist-info"
+        files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                 f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: host_image\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+        path = dest / f"{name}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as zf:
+            for arc, text in files.items():
+                zf.writestr(arc, text)
+        paths.append(path)
+    return paths
+
+
+def _graph(report: dict) -> dict[str, list[tuple[str, set[str], Any]]]:
+    """name -> [(required name, its extras, marker)] from a `pip install --report` document."""
+    from packaging.requirements import Requirement
+
+    graph = {}
+    for item in report["install"]:
+        reqs = [Requirement(r) for r in item["metadata"].get("requires_dist") or []]
+        graph[_norm(item["metadata"]["name"])] = [(_norm(r.name), set(r.extras), r.marker) for r in reqs]
+    return graph
+
+
+def _reachable(graph: dict, roots: dict[str, set[str]]) -> set[str]:
+    """Names reached from roots (name -> extras asked for) under Python 3.12 on Linux x86-64."""
+    env = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    seen, todo = set(), list(roots.items())
+    while todo:
+        name, extras = todo.pop()
+        if name in seen or name not in graph:
+            continue
+        seen.add(name)
+        for dep, dep_extras, marker in graph[name]:
+            if marker is None or any(marker.evaluate({**env, "extra": e}) for e in extras | {""}):
+                todo.append((dep, dep_extras))
+    return seen
+
+
+def check_wheel_set(report_path: Path, carried: Path, roots: dict[str, set[str]]) -> dict[str, Any]:
+    """What a cp312 resolution of the project needs beyond the host image and the carried wheels:
+    for the GPU check (should be nothing) and for the whole runtime (ray and what only it needs)."""
+    report = json.loads(report_path.read_text())
+    graph = _graph(report)
+    have = host_distributions() | {_norm(n) for n in HOST_TORCH}
+    carried_names = {_norm(p.name.split("-")[0]) for p in carried.glob("*.whl")}
+    missing = lambda names: sorted(n for n in names if n not in have and n not in carried_names)  # noqa: E731
+    check = _reachable(graph, {n: set() for n in CHECK_ROOTS})
+    without_ray = _reachable(graph, {n: e for n, e in roots.items() if n != "ray"})
+    return {"resolved": len(graph), "carried": sorted(carried_names),
+            "missing_for_gpu_check": missing(check), "missing_for_runtime": missing(_reachable(graph, roots)),
+            "missing_for_runtime_without_ray": missing(without_ray)}
+
+
+def _main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("stubs").add_argument("dest", type=Path)
+    chk = sub.add_parser("check")
+    chk.add_argument("report", type=Path)
+    chk.add_argument("--carried", type=Path, required=True)
+    chk.add_argument("--roots", nargs="+", required=True, help="requirements resolved, e.g. ray[default]")
+    args = ap.parse_args()
+    if args.cmd == "stubs":
+        print("\n".join(str(p) for p in write_stub_wheels(args.dest)))
+        return
+    from packaging.requirements import Requirement
+
+    roots = {_norm(Requirement(r).name): set(Requirement(r).extras) for r in args.roots}
+    doc = check_wheel_set(args.report, args.carried, roots)
+    print(json.dumps(doc, indent=1))
+    if doc["missing_for_gpu_check"]:
+        raise SystemExit(f"the GPU check would need more wheels: {doc['missing_for_gpu_check']}")
+
+
+if __name__ == "__main__":
+    _main()
