@@ -51,6 +51,7 @@ class PathPoints:
 
     path: Tensor  # (N, N, M+1) long: patch index of each checked point; unchecked points repeat the start
     decay: Tensor  # (N, N) float32: exp(-steps / M)
+    steps: Tensor  # (N, N) long: Chebyshev distance; points 0..steps are checked
 
 
 def path_points(gh: int, gw: int, device: str = "cpu") -> PathPoints:
@@ -69,7 +70,7 @@ def path_points(gh: int, gw: int, device: str = "cpu") -> PathPoints:
     checked = torch.arange(m + 1, device=device)[None, None, :] <= steps[:, :, None]
     path = torch.where(checked, path, idx[:, None, None].expand_as(path))
     decay = torch.exp(-steps / m) if m > 0 else torch.ones(n, n, device=device)
-    return PathPoints(path=path, decay=decay.float())
+    return PathPoints(path=path, decay=decay.float(), steps=steps)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,19 @@ def grid_geometry(gh: int, gw: int, device: str = "cpu") -> GridGeometry:
     (6x faster for a 224 crop; 10x for a whole 336x448 image, whose paths have up to 28 points)."""
     pts = path_points(gh, gw, device)
     n, words = gh * gw, (gh * gw + 63) // 64
-    bits = torch.zeros(words, n, n, dtype=torch.int64, device=device)  # word-major: each word contiguous
+    path = pts.path.reshape(n * n, -1)
+    # The rounded line is monotone in both coordinates, so a repeated patch repeats its predecessor
+    # (unchecked points repeat the start, which k = 0 holds). Without repeats the OR of the points'
+    # bits is their sum, and one scatter-add builds every word (a loop over words x points took 7 s
+    # for a 336x448 image's grid; this takes ~0.1 s). Bit 63 wraps in two's complement: still exact.
+    repeat = torch.zeros_like(path, dtype=torch.bool)
+    repeat[:, 1:] = path[:, 1:] == path[:, :-1]
+    repeat |= torch.arange(path.shape[1], device=device) > pts.steps.reshape(n * n, 1)
     one = torch.ones((), dtype=torch.int64, device=device)
-    for w in range(words):
-        for k in range(pts.path.shape[-1]):  # OR, not add: a point may repeat along a path
-            p = pts.path[:, :, k]
-            bits[w] |= torch.where(p // 64 == w, one << (p % 64), 0)
+    values = torch.where(repeat, 0, one << (path % 64))
+    bits = torch.zeros(n * n, words, dtype=torch.int64, device=device)
+    bits.scatter_add_(1, path // 64, values)
+    bits = bits.T.reshape(words, n, n).contiguous()  # word-major: each word contiguous
     return GridGeometry(path_bits=bits, decay=pts.decay)
 
 

@@ -120,8 +120,8 @@ class ShardLabeler:
         self.progress = progress or (lambda p: None)
         self.fmt = label_format(engine, cfg)
         self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg), draft_to(engine, cfg))
-        # Whole-image engines batch by image shape (Segmenter.batch_key); others take any batch.
-        self._batch_key = engine.batch_key if getattr(engine, "batches_by_shape", False) else None  # type: ignore[attr-defined]
+        # Whole-image engines batch by the size they infer at; others take any batch.
+        self._batch_key = engine.inference_size if getattr(engine, "batches_by_shape", False) else None  # type: ignore[attr-defined]
         self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),
                                        thread_name_prefix="decode")
         configure_pillow(cfg.io.max_image_pixels)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine.sfr import blur_rows, grid_geometry, patch_majority, pixel_labels, same_label_matrix, sfr_prior
+from pipeline.engine.sfr import blur_rows, grid_geometry, path_points, patch_majority, pixel_labels, same_label_matrix, sfr_prior
 
 
 def _naive_same_label(labels: np.ndarray) -> np.ndarray:
@@ -44,6 +44,24 @@ def test_geometry_is_cached_per_grid():
     geo = grid_geometry(3, 4)
     assert geo.path_bits.shape == (1, 12, 12)
     assert float(geo.decay[0, 11]) == pytest.approx(math.exp(-3 / 3), rel=1e-6)
+
+
+def _looped_bits(gh, gw):
+    """The word-by-word, point-by-point OR that grid_geometry's scatter-add replaced."""
+    pts = path_points(gh, gw)
+    n, words = gh * gw, (gh * gw + 63) // 64
+    bits = torch.zeros(words, n, n, dtype=torch.int64)
+    for w in range(words):
+        for k in range(pts.path.shape[-1]):
+            p = pts.path[:, :, k]
+            bits[w] |= torch.where(p // 64 == w, torch.ones((), dtype=torch.int64) << (p % 64), 0)
+    return bits
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (3, 4), (8, 8), (7, 11), (14, 14), (5, 30)])
+def test_geometry_bits_equal_the_looped_or(grid):
+    geo = grid_geometry(*grid)
+    assert torch.equal(geo.path_bits, _looped_bits(*grid))  # includes grids with bit 63 set (N > 64)
 
 
 def test_blur_rows_normalises_and_stays_non_negative():

@@ -52,8 +52,8 @@ class ShapeRecorder:
         self.inner, self.calls = inner, []
         self.vocabulary = inner.vocabulary
 
-    def batch_key(self, height, width):
-        return self.inner.batch_key(height, width)
+    def inference_size(self, height, width):
+        return self.inner.inference_size(height, width)
 
     def predict(self, images, return_probs=True, out_sizes=None):
         self.calls.append([img.shape[:2] for img in images])
