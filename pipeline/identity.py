@@ -33,7 +33,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 RANDOM_TAGS = ("random", "none")
 # Settings that change how fast labels are made, not the labels (left out of the identity).
 PERFORMANCE_KEYS = frozenset({"inference.max_crops_per_forward", "inference.compile", "inference.pamr_kernel",
-                              "inference.post_band_pixels"})
+                              "inference.post_band_pixels", "inference.compile_trunk"})
 _ABSENT = "(absent)"
 STUDENT_VOCABULARY = "(the classes stored in the student file)"
 
