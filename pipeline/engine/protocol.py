@@ -6,6 +6,8 @@ needs `LabelEngine`; the actor, which also writes what the engine is into datase
 `DescribedEngine`. An engine factory that returns something else fails at start-up with a
 TypeError naming what is missing, not deep inside the first shard. `io.jpeg_draft` needs a
 `FullSizeEngine` (the Segmenter; the student and the test doubles are not, and decode exactly).
+An engine whose `batches_by_shape` is true (the Segmenter in whole-image mode) gets its
+batches regrouped by `inference_size` from the stage.
 """
 from __future__ import annotations
 
