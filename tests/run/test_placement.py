@@ -1,4 +1,5 @@
 """GPU actors reserve the node's cores per actor, and size their decode pool to that reservation."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,6 +39,13 @@ def test_decode_pool_follows_the_ray_reservation(ray_local):
     import ray
 
     from tests.support import PoolSizeProbe
+
+    if not ray.is_initialized() or ray.cluster_resources().get("CPU", 0) < 3:
+        # A run owned and stopped its own Ray since `ray_local` (the suite's order decides), and
+        # Ray's auto-start would give this machine's 2 cores: a 3-CPU actor would wait forever.
+        ray.shutdown()
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
 
     actor = ray.remote(num_cpus=3)(PoolSizeProbe).remote()
     try:
