@@ -225,10 +225,10 @@ class ShardLabeler:
         for chunk in _chunks(decoded, window, GROUP_WINDOW_PIXELS if grouped else 0):
             current = self._infer(chunk)
             if previous is not None:
-                yield previous
+                yield from _pieces(previous, batch)
             previous = current
         if previous is not None:
-            yield previous
+            yield from _pieces(previous, batch)
 
     def _infer(self, chunk: list[SampleResult]) -> list[tuple[SampleResult, Optional[Future]]]:
         ok = [s for s in chunk if s.ok]
@@ -376,6 +376,13 @@ def _chunks(samples: Iterator[SampleResult], images: int, max_pixels: int = 0) -
             chunk, count, pixels = [], 0, 0
     if chunk:
         yield chunk
+
+
+def _pieces(chunk: list, rows: int) -> Iterator[list]:
+    """A regrouped window written (and its progress reported) batch_size rows at a time, as an
+    ungrouped chunk would be: regrouping changes what runs together, not how often the bar moves."""
+    for start in range(0, len(chunk), rows):
+        yield chunk[start : start + rows]
 
 
 def _batches(samples: Sequence[SampleResult], batch_size: int,
