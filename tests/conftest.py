@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import Config, load_config
 from pipeline.demo_corpus import build_demo_corpus
 from pipeline.run.runner import run_pipeline
-from tests.support import PER_SHARD, REPO, Recorder
+from tests.support import PER_SHARD, Recorder, start_suite_ray
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 TINY_MODEL = GOLDEN / "tiny_clip_openai.pt"
@@ -75,12 +75,7 @@ def ray_local():
     """One local Ray for the tests that need one (starting one costs ~10 s on 2 cores); stopped at
     the end of the session (tests/conftest.py). Should another fixture stop it in between, a run
     starts its own local Ray, slower but the same."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    return ray
+    return start_suite_ray(min_cpus=0)  # joins a Ray already running in this process
 
 
 @pytest.fixture(scope="session")

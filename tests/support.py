@@ -24,6 +24,21 @@ NAMES = ["demo-000000", "demo-000001", "demo-000002"]  # shards of the `corpus` 
 PER_SHARD = 7
 
 
+def start_suite_ray(min_cpus: int = 4):
+    """The suite's local Ray (4 CPUs, the repository importable in workers), started unless one
+    with at least `min_cpus` CPUs is running. A run that owned and stopped its own Ray leaves Ray's
+    auto-start behind, with this machine's 2 cores: a test needing more would wait forever."""
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) >= min_cpus:
+        return ray
+    ray.shutdown()
+    # address="local": a fresh instance, never a stray cluster found through /tmp/ray
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    return ray
+
+
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)

@@ -1,5 +1,4 @@
 """GPU actors reserve the node's cores per actor, and size their decode pool to that reservation."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,15 +37,9 @@ def test_actor_plan_reserves_cpus_for_gpu_actors(ray_local, tiny_cfg):
 def test_decode_pool_follows_the_ray_reservation(ray_local):
     import ray
 
-    from tests.support import PoolSizeProbe
+    from tests.support import PoolSizeProbe, start_suite_ray
 
-    if not ray.is_initialized() or ray.cluster_resources().get("CPU", 0) < 3:
-        # A run owned and stopped its own Ray since `ray_local` (the suite's order decides), and
-        # Ray's auto-start would give this machine's 2 cores: a 3-CPU actor would wait forever.
-        ray.shutdown()
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
-
+    start_suite_ray(min_cpus=3)  # a run may have stopped `ray_local`'s Ray since (the suite's order decides)
     actor = ray.remote(num_cpus=3)(PoolSizeProbe).remote()
     try:
         assert ray.get(actor.size.remote()) == 1  # 3 CPUs reserved: 1 pool thread + inference + reader

@@ -13,12 +13,6 @@ for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().pare
 @pytest.fixture
 def ray_session():
     """The local Ray shared by the suite (see tests/conftest.py), started here if none is running."""
-    import ray
+    from tests.support import start_suite_ray
 
-    if not ray.is_initialized():
-        # address="local": a fresh instance, never a stray cluster found through /tmp/ray
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
-        )
-    return ray
+    return start_suite_ray(min_cpus=0)  # joins a Ray already running in this process
