@@ -15,8 +15,10 @@ Acquisition is atomic where the storage allows it:
   that the lock names another run and sets `RunLock.lost` (residual race, documented in
   jobs/README.md). The same holds for S3-compatible servers that ignore `If-None-Match`.
 
-A lock is stale, and is broken with a WARNING, when its heartbeat is older than `stale_after_s`
-and, for a holder on this host, its process is gone. A holder on this host whose process is gone
+A lock is stale, and is broken with a WARNING, when its heartbeat is older than the HOLDER's
+recorded `stale_after_s` (at least `STALE_HEARTBEATS` of its heartbeats; the breaking run's own
+setting does not count, so a short `--lock-stale-after` cannot take a live run's lock) and, for a
+holder on this host, its process is gone. A holder on this host whose process is gone
 is already stale once it has missed two heartbeats (a new run waits for that, at most 20 s by
 default), so a killed local run does not block the next one for the whole staleness period.
 `break_lock=True` (`--break-lock`) breaks any lock.
@@ -45,7 +47,8 @@ from pipeline.io.atomic import commit_local
 from pipeline.io.layout import LOCK_JSON
 from pipeline.io.storage import storage_options_for
 from pipeline.run.lock_record import (  # noqa: F401 - LockRecord and the staleness settings are part of this API
-    DEFAULT_STALE_AFTER_S, STALE_ENV, LockRecord, dead_grace, default_stale_after_s, pid_alive, pid_start,
+    DEFAULT_STALE_AFTER_S, STALE_ENV, LockRecord, dead_grace, default_stale_after_s, holder_stale_after, pid_alive,
+    pid_start,
 )
 from pipeline.timestamps import utc_now_iso
 
@@ -135,7 +138,7 @@ class RunLock:
                 raise LockHeldError(
                     f"{self.output_url} is locked by {holder.describe()}. Wait for that run to "
                     f"finish; if it is dead, the lock is broken automatically once its heartbeat "
-                    f"is {self.stale_after_s:.0f}s old, or pass --break-lock "
+                    f"is {holder_stale_after(holder):.0f}s old (the holder's setting), or pass --break-lock "
                     f"(lock object: {self.path})"
                 )
             log.warning("breaking lock %s held by %s: %s", self.path, holder.describe(), reason)
@@ -249,16 +252,19 @@ class RunLock:
 
     # -- staleness ------------------------------------------------------------------------
     def _stale_reason(self, holder: LockRecord) -> Optional[str]:
+        """Why `holder` is dead, or None. Judged by the holder's own recorded staleness (and
+        heartbeat), never by this run's `stale_after_s`: see `holder_stale_after`."""
         age = holder.heartbeat_age()
         same_host = holder.host == socket.gethostname()
         if same_host:
             if pid_alive(holder.pid, holder.pid_start):
                 return None
-            if age > dead_grace(holder, self.stale_after_s):
+            if age > dead_grace(holder):
                 return f"its process {holder.pid} on this host is gone and it missed its heartbeats"
             return None
-        if age > self.stale_after_s:
-            return f"its heartbeat is {age:.0f}s old (stale after {self.stale_after_s:.0f}s)"
+        limit = holder_stale_after(holder)
+        if age > limit:
+            return f"its heartbeat is {age:.0f}s old (stale after {limit:.0f}s, the holder's setting)"
         return None
 
     def _dead_holder_wait(self, holder: LockRecord) -> Optional[float]:
@@ -269,7 +275,7 @@ class RunLock:
         """
         if holder.host != socket.gethostname() or pid_alive(holder.pid, holder.pid_start):
             return None
-        return max(0.0, dead_grace(holder, self.stale_after_s) - holder.heartbeat_age()) + 0.1
+        return max(0.0, dead_grace(holder) - holder.heartbeat_age()) + 0.1
 
     # -- heartbeat ------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:

@@ -17,6 +17,10 @@ from pipeline.errors import UserError
 
 STALE_ENV = "PSEUDOLABEL_LOCK_STALE_S"
 DEFAULT_STALE_AFTER_S = 300.0
+DEFAULT_HEARTBEAT_S = 10.0  # what a record written before `heartbeat_s` existed is assumed to beat at
+# A holder counts as stale only after missing at least this many of its own heartbeats, whatever
+# staleness it recorded: one slow write or a short network outage must not cost it the lock.
+STALE_HEARTBEATS = 3
 
 
 @dataclass
@@ -39,6 +43,9 @@ class LockRecord:
     def from_json(cls, blob: bytes) -> "LockRecord":
         data = json.loads(blob)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        # Records of older versions may lack the holder's timing: judge them by the defaults.
+        known.setdefault("stale_after_s", DEFAULT_STALE_AFTER_S)
+        known.setdefault("heartbeat_s", DEFAULT_HEARTBEAT_S)
         return cls(**known)
 
     def to_json(self) -> bytes:
@@ -69,9 +76,31 @@ def default_stale_after_s() -> float:
     return value
 
 
-def dead_grace(holder: LockRecord, stale_after_s: float) -> float:
-    """How long a same-host holder whose process is gone keeps the lock: two heartbeats."""
-    return min(2 * max(holder.heartbeat_s, 0.1), stale_after_s)
+def holder_stale_after(holder: LockRecord) -> float:
+    """Seconds without a heartbeat after which `holder` counts as dead, judged by the HOLDER's
+    recorded settings, never by the run that wants the lock: a breaker passing a short
+    `--lock-stale-after` must not take a healthy run's lock between two of its heartbeats.
+
+    At least `STALE_HEARTBEATS` of its heartbeat intervals; a record with unusable values (not a
+    positive number) falls back to the defaults."""
+    stale = _positive(holder.stale_after_s, DEFAULT_STALE_AFTER_S)
+    beat = _positive(holder.heartbeat_s, DEFAULT_HEARTBEAT_S)
+    return max(stale, STALE_HEARTBEATS * beat)
+
+
+def _positive(value: object, default: float) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return number if 0 < number < float("inf") else default
+
+
+def dead_grace(holder: LockRecord, stale_after_s: Optional[float] = None) -> float:
+    """How long a same-host holder whose process is gone keeps the lock: two heartbeats (at most
+    its own staleness)."""
+    limit = holder_stale_after(holder) if stale_after_s is None else stale_after_s
+    return min(2 * max(_positive(holder.heartbeat_s, DEFAULT_HEARTBEAT_S), 0.1), limit)
 
 
 def pid_start(pid: int) -> Optional[str]:

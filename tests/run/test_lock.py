@@ -195,7 +195,7 @@ def test_zombie_holder_counts_as_dead(tmp_path):
 
 def test_killed_holder_on_other_host_waits_for_full_staleness(tmp_path):
     out = tmp_path / "out"
-    _write_record(out, pid=999_999_999, heartbeat_at=_iso(time.time() - 3))
+    _write_record(out, pid=999_999_999, heartbeat_at=_iso(time.time() - 3), stale_after_s=5.0, heartbeat_s=1.0)
     with pytest.raises(LockHeldError):
         RunLock(str(out), stale_after_s=5).acquire()  # another host: pid says nothing
     time.sleep(2.5)
@@ -203,16 +203,70 @@ def test_killed_holder_on_other_host_waits_for_full_staleness(tmp_path):
         pass
 
 
-def test_heartbeat_notices_a_takeover(tmp_path):
+# -- staleness is the holder's (issue 20, item 5) -------------------------------------------------
+def test_short_breaker_staleness_does_not_take_a_live_holders_lock(tmp_path):
+    """A holder elsewhere with the default 300 s, 40 s after its last heartbeat: a breaker asking
+    for 5 s must refuse (the holder's recorded setting decides), and the lock stays the holder's."""
     out = tmp_path / "out"
-    lost_messages = []
-    lock = RunLock(str(out), stale_after_s=10, heartbeat_s=0.1, on_lost=lost_messages.append).acquire()
+    _write_record(out, heartbeat_at=_iso(time.time() - 40), stale_after_s=300.0, heartbeat_s=10.0)
+    with pytest.raises(LockHeldError, match="300s old"):
+        RunLock(str(out), stale_after_s=5).acquire()
+    assert read_lock(str(out)).run_id == "foreign1234"
+
+
+def test_holder_staleness_is_at_least_three_of_its_heartbeats(tmp_path):
+    out = tmp_path / "out"
+    # Its recorded staleness (2 s) is shorter than three of its heartbeats (30 s): 20 s is not stale.
+    _write_record(out, heartbeat_at=_iso(time.time() - 20), stale_after_s=2.0, heartbeat_s=10.0)
+    with pytest.raises(LockHeldError):
+        RunLock(str(out), stale_after_s=1).acquire()
+    _write_record(out, heartbeat_at=_iso(time.time() - 31), stale_after_s=2.0, heartbeat_s=10.0)
+    with RunLock(str(out), stale_after_s=1) as lock:
+        assert read_lock(str(out)).run_id == lock.run_id
+
+
+def test_old_record_without_timing_fields_uses_the_default(tmp_path):
+    out = tmp_path / "out"
+    record = json.loads(_write_record(out, heartbeat_at=_iso(time.time() - 100)).to_json())
+    del record["stale_after_s"], record["heartbeat_s"]
+    (out / LOCK_NAME).write_text(json.dumps(record))
+    with pytest.raises(LockHeldError, match="foreign1234"):  # 100 s < the default 300 s
+        RunLock(str(out), stale_after_s=5).acquire()
+    record["heartbeat_at"] = _iso(time.time() - 400)
+    (out / LOCK_NAME).write_text(json.dumps(record))
+    with RunLock(str(out), stale_after_s=5) as lock:
+        assert read_lock(str(out)).run_id == lock.run_id
+
+
+def test_break_lock_still_overrides_a_live_holder(tmp_path):
+    out = tmp_path / "out"
+    _write_record(out, stale_after_s=300.0)
+    with RunLock(str(out), stale_after_s=5, break_lock=True) as lock:
+        assert read_lock(str(out)).run_id == lock.run_id
+
+
+def test_cli_run_with_short_lock_stale_after_refuses_a_live_holder(tmp_path, capsys, monkeypatch, corpus,
+                                                                  tiny_overrides):
+    """Black box: a live holder on another host (default 300 s, heartbeat thread running) whose
+    last beat is a second old, and `pseudolabel run --lock-stale-after 0.5`: exit 2 naming the
+    holder; the lock stays the holder's (before the fix, 1 s > 0.5 s broke it)."""
+    import pipeline.run.lock as lock_module
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:  # the holder's record names another host: its pid says nothing here
+        m.setattr(lock_module.socket, "gethostname", lambda: "another-host")
+        holder = RunLock(str(out), stale_after_s=300, heartbeat_s=30).acquire()
     try:
-        _write_record(out)  # another run broke and re-took the lock
-        assert lock.lost.wait(2.0)
-        with pytest.raises(LockHeldError, match="lost the lock"):
-            lock.check()
-        assert "foreign1234" in lost_messages[0]
+        assert read_lock(str(out)).host == "another-host"
+        time.sleep(1.0)  # older than the breaker's 0.5 s, far from the holder's 300 s
+        sets = [arg for item in tiny_overrides for arg in ("--set", item)]
+        code = main(["run", str(corpus), str(out), "--no-progress", "--lock-stale-after", "0.5", *sets])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"is locked by run {holder.run_id}" in err and "Traceback" not in err
+        assert read_lock(str(out)).run_id == holder.run_id
+        assert not holder.lost.is_set()
     finally:
-        lock.release()
-    assert read_lock(str(out)).run_id == "foreign1234", "release must not delete another run's lock"
+        holder.release()
+    assert not (out / LOCK_NAME).exists()
