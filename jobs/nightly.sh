@@ -13,6 +13,10 @@
 #   LOG_DIR      where the per-night log goes (default: ./logs)
 #   EXTRA_ARGS   more `pseudolabel run` arguments, e.g. "--set ray.max_shard_retries=5"
 #   VERIFY_ARGS  `pseudolabel verify` arguments (default --incremental; --deep re-reads every input)
+#   ALLOW_PIPE   1: INPUT may be a pipe:CMD spec (adds --allow-pipe to run and verify). CMD runs in a
+#                shell on every worker, so only set this when INPUT is written by you. A `pipe:` line
+#                inside a list file is refused whatever ALLOW_PIPE says (docs/security.md): list
+#                files are often written by other teams.
 #
 # Exit status: 0 labeled and verified; 1 run or verify failed; 2 usage error; 75 (EX_TEMPFAIL)
 # another run holds the lock on OUTPUT (nothing was done; the next night catches up).
@@ -29,6 +33,12 @@ log="$LOG_DIR/nightly-$stamp.log"
 
 config_args=()
 if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$CONFIG"); fi
+pipe_args=()
+case "${ALLOW_PIPE:-0}" in
+    1) pipe_args=(--allow-pipe) ;;
+    0|"") ;;
+    *) echo "nightly: ALLOW_PIPE must be 0 or 1 (got '$ALLOW_PIPE')" >&2; exit 2 ;;
+esac
 # shellcheck disable=SC2206  # EXTRA_ARGS is split on purpose
 extra=(${EXTRA_ARGS:-})
 
@@ -36,7 +46,7 @@ echo "nightly $stamp: labeling new shards of $INPUT into $OUTPUT (log: $log)"
 set +e
 # Completed shards (those with OUTPUT/_done/NAME.json) are skipped by `run`: only new shards are
 # labeled. The run takes the OUTPUT lock for its whole lifetime.
-"$PSEUDOLABEL" run "$INPUT" "$OUTPUT" "${config_args[@]}" "${extra[@]}" >>"$log" 2>&1
+"$PSEUDOLABEL" run "$INPUT" "$OUTPUT" "${config_args[@]}" "${pipe_args[@]}" "${extra[@]}" >>"$log" 2>&1
 rc=$?
 set -e
 if [[ $rc -ne 0 ]]; then
@@ -54,7 +64,7 @@ set +e
 # completion records hold the input's keys digest and size/ETag). VERIFY_ARGS=--deep re-reads all.
 # shellcheck disable=SC2206
 verify_extra=(${VERIFY_ARGS:---incremental})
-"$PSEUDOLABEL" verify "$OUTPUT" "$INPUT" "${config_args[@]}" "${verify_extra[@]}" \
+"$PSEUDOLABEL" verify "$OUTPUT" "$INPUT" "${config_args[@]}" "${pipe_args[@]}" "${verify_extra[@]}" \
     --json "$LOG_DIR/verify-$stamp.json" >>"$log" 2>&1
 rc=$?
 set -e

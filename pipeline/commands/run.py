@@ -20,7 +20,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT",
                         help="shards: data/train-{000000..000127}.tar, a directory, a .txt list, or an "
-                             "s3:// gs:// http(s):// file:// pipe: URL")
+                             "s3:// gs:// http(s):// file:// URL, or pipe:CMD with --allow-pipe")
     parser.add_argument("output", metavar="OUTPUT", help="output directory or object-store prefix")
     add_config_arguments(parser)
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, ray.address, "
@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a lock whose heartbeat is older than this is broken (default: ${STALE_ENV} "
              f"or {DEFAULT_STALE_AFTER_S:.0f})",
     )
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="accept a pipe:CMD INPUT: CMD runs in a shell on every worker (never accepted from "
+                             "list files or configs; --dry-run prints the commands)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check config, INPUT, vocabulary and checkpoint, print the plan (shards to label "
                              "and to skip, fingerprint, model) and exit 0 without starting Ray or writing anything")
@@ -74,7 +77,8 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
     try:
         summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
                                ray_address=args.ray_address, progress=bar, log_level=level,
-                               break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after)
+                               break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after,
+                               allow_pipe=args.allow_pipe)
     finally:
         if bar is not None:
             bar.close()
@@ -97,7 +101,7 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
 
     from pipeline.run.runner import plan_run
 
-    plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite)
+    plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe)
     if args.json_summary:
         print(json.dumps(asdict(plan), indent=1))
         return 0
@@ -109,6 +113,10 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
         print(f"  to label: {', '.join(plan.to_label)}{f' and {more} more' if more else ''}")
     print(f"  fingerprint: {plan.fingerprint}")
     print(f"  model: {plan.model} ({plan.weights})")
+    if plan.pipe_commands:  # every one, exactly: the user checks what will run on the workers
+        print(f"  pipe commands ({len(plan.pipe_commands)}, each run with /bin/sh -c on a worker):")
+        for cmd in plan.pipe_commands:
+            print(f"    {cmd}")
     print("  nothing written, Ray not started")
     return 0
 

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip shards an earlier verify passed whose files have not changed since (nightly use)",
     )
     parser.add_argument("--explain", action="store_true", help="list the problem kinds and exit")
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="with --deep, run a pipe:CMD INPUT's commands to re-read it (as `run --allow-pipe`)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     report = verify_output(
         args.output, args.input, cfg.io.storage_options, decode=not args.no_decode, workers=args.workers,
-        deep=args.deep, incremental=args.incremental, record_verified=True,
+        deep=args.deep, incremental=args.incremental, record_verified=True, allow_pipe=args.allow_pipe,
     )
     print(report.summary(first=args.first))
     if args.json:

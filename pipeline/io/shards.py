@@ -6,8 +6,12 @@ Accepted specs (combinations are comma-free: one spec per call):
 - a glob `s3://bucket/train-*.tar`,
 - a text file (`.txt` / `.lst` / `.list`) with one spec per line (`#` comments, blank lines ok;
   relative paths are relative to the list file),
-- a single shard URL understood by fsspec or webdataset (`file://`, `s3://`, `gs://`, `http(s)://`,
-  `pipe:CMD`).
+- a single shard URL understood by fsspec (`file://`, `s3://`, `gs://`, `http(s)://`),
+- `pipe:CMD` (CMD's stdout is the shard), only with `allow_pipe` (the command line's `--allow-pipe`).
+
+`pipe:` runs a shell command on every worker, so it is accepted only from the person at the command
+line: never from a list file (local or on an object store; other teams write those) and never from
+a config. A `pipe:` line in a list file is a UserError even with `allow_pipe` (docs/security.md).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pipeline.io.storage import storage_options_for
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 _NAME_OK = re.compile(r"^[A-Za-z0-9._+=@-]+$")
+PIPE = "pipe:"
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,12 @@ class ShardSpec:
     name: str  # file name without directories and suffix: outputs are masks/NAME.tar etc.
 
 
-def expand_input(spec: str, options: Optional[dict[str, Any]] = None) -> list[ShardSpec]:
-    """All shards named by `spec`, in the order given; a NAME used twice is a UserError."""
-    urls = _expand(spec.strip(), options, depth=0)
+def expand_input(spec: str, options: Optional[dict[str, Any]] = None, *,
+                 allow_pipe: bool = False) -> list[ShardSpec]:
+    """All shards named by `spec`, in the order given; a NAME used twice is a UserError.
+    `allow_pipe`: the user asked for `pipe:` on the command line (`--allow-pipe`); it never
+    extends to list files."""
+    urls = _expand(spec.strip(), options, 0, _Origin(allow_pipe))
     if not urls:
         raise UserError(f"INPUT {spec!r} names no shards; give a .tar, a directory of .tar files, "
                         "brace notation like data/train-{000000..000009}.tar, or a list file")
@@ -64,13 +72,37 @@ def shard_name(url: str) -> str:
     return base
 
 
-def _expand(spec: str, options: Optional[dict[str, Any]], depth: int) -> list[str]:
+def pipe_command(url: str) -> Optional[str]:
+    """The shell command of a `pipe:` shard URL, None for any other URL."""
+    return url[len(PIPE):] if url.startswith(PIPE) else None
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a spec came from: the command line (`list_file` None) or a line of a list file."""
+    allow_pipe: bool
+    list_file: Optional[str] = None
+    line: int = 0
+
+    def check_pipe(self, spec: str) -> None:
+        if self.list_file is not None:
+            # Whoever can write the list (another team, a shared bucket) must not run commands here.
+            raise UserError(f"shard list {_shown(self.list_file)} line {self.line}: pipe: commands are not accepted "
+                            "from list files (they would run on every worker); give the command itself as INPUT "
+                            "with --allow-pipe")
+        if not self.allow_pipe:
+            raise UserError(f"INPUT {_shown(spec)} is a pipe: command, which runs a shell command on every worker; "
+                            "pass --allow-pipe to run it")
+
+
+def _expand(spec: str, options: Optional[dict[str, Any]], depth: int, origin: _Origin) -> list[str]:
     if depth > 3:
         raise UserError(f"shard list {spec!r} nests list files more than 3 deep")
-    if spec.startswith("pipe:"):
+    if spec.startswith(PIPE):
+        origin.check_pipe(spec)
         return list(braceexpand(spec))
     if "{" in spec and (".." in spec or "," in spec):
-        return [u for part in braceexpand(spec) for u in _expand(part, options, depth)]
+        return [u for part in braceexpand(spec) for u in _expand(part, options, depth, origin)]
     is_glob = any(c in spec.split("://", 1)[-1] for c in "*?[")
     if not is_glob and spec.split("?", 1)[0].lower().endswith(SHARD_SUFFIXES):
         return [spec]  # a single shard: no listing, so http(s) URLs need no round trip here
@@ -92,14 +124,23 @@ def _read_list(spec: str, fs: Any, path: str, options: Optional[dict[str, Any]],
         raise UserError(f"cannot read shard list {spec!r}: {exc}") from exc
     base = spec.rsplit("/", 1)[0] if "/" in spec else "."
     urls = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if "://" not in line and not line.startswith(("pipe:", "/")):
+        origin = _Origin(False, spec, number)
+        if line.startswith(PIPE):
+            origin.check_pipe(line)
+        if "://" not in line and not line.startswith("/"):
             line = f"{base}/{line}"
-        urls.extend(_expand(line, options, depth + 1))
+        urls.extend(_expand(line, options, depth + 1, origin))
     return urls
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """`text` for a one-line message: control characters escaped, long ones cut."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}...'"
 
 
 def _fs(spec: str, options: Optional[dict[str, Any]]) -> tuple[Any, str]:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import tempfile
@@ -167,9 +168,40 @@ def _pipe_status(proc: subprocess.Popen) -> Optional[int]:
         return None
 
 
+PIPE_TAIL_CHARS = 120  # of the command's last stderr line kept in the failure (records, logs), redacted
+# What may carry a secret in a command's error output: user:password@ in URLs, query strings
+# (presigned URLs), `key=value` / `key: value` for secret-looking keys, and long token-like runs.
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_QUERY = re.compile(r"(?<=[^\s?])\?[^\s]*")
+_SECRET_PAIR = re.compile(r"(?i)\b(\w*(?:key|secret|token|passw\w*|signature|credential|auth\w*)\w*)(\s*[=:]\s*)\S+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
+_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+
+
 def _pipe_failure(cmd: str, rc: int, errors: IO[bytes]) -> str:
+    """One line for records and logs. Neither the command (it may hold credentials) nor its stderr
+    is copied verbatim: the program's name, and a short redacted tail of the last stderr line."""
     errors.seek(0, os.SEEK_END)
     errors.seek(max(0, errors.tell() - 300))
     tail = errors.read().decode(errors="replace").strip().splitlines()
-    last = f": {tail[-1][:200]}" if tail else ""
-    return f"pipe command {cmd!r} exited with status {rc}{last}; its output may be cut short, the shard is retried"
+    last = f": {redact_text(tail[-1])}" if tail else ""
+    return (f"pipe command ({_program(cmd)}) exited with status {rc}{last}; its output may be cut short, "
+            "the shard is retried")
+
+
+def redact_text(text: str, limit: int = PIPE_TAIL_CHARS) -> str:
+    """`text` with URL credentials, query strings, secret-looking values and long tokens replaced
+    by `***`, control characters dropped, cut to `limit` characters."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = _USERINFO.sub("***@", text)
+    text = _QUERY.sub("?***", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _TOKEN.sub("***", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _program(cmd: str) -> str:
+    """The program a shell command starts (its first word, without directories), for messages."""
+    words = cmd.strip().split(None, 1)
+    return posixpath.basename(words[0])[:40] if words else "empty"

@@ -27,9 +27,10 @@ class Preflight:
     identity: Identity
 
 
-def preflight(input_spec: str, output: str, cfg: Config) -> Preflight:
+def preflight(input_spec: str, output: str, cfg: Config, *, allow_pipe: bool = False) -> Preflight:
+    """`allow_pipe`: the command line's --allow-pipe (pipeline.io.shards: never from a list or config)."""
     check_output(output)
-    shards = expand_input(input_spec, cfg.io.storage_options)
+    shards = expand_input(input_spec, cfg.io.storage_options, allow_pipe=allow_pipe)
     check_local_shards(input_spec, shards)
     return Preflight(shards, resolve_identity(cfg))
 

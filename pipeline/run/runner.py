@@ -19,7 +19,7 @@ import platform
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from pipeline.run.actor import EngineFactory, FaultFactory, LabelWorker
@@ -38,7 +38,7 @@ from pipeline.io.output_dir import OutputDir
 from pipeline.io.records import DatasetMeta, VocabEntry
 from pipeline.io.masks import LabelFormat
 from pipeline.run.progress import ProgressBoard
-from pipeline.io.shards import ShardSpec
+from pipeline.io.shards import ShardSpec, pipe_command
 from pipeline.run.stage import CRASHED, DONE, FAILED, UNREADABLE, ShardResult
 from pipeline.io.storage import Storage
 
@@ -65,14 +65,15 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
                  break_lock: bool = False, lock_stale_after_s: Optional[float] = None,
-                 fault_factory: Optional[FaultFactory] = None) -> RunSummary:
+                 fault_factory: Optional[FaultFactory] = None, allow_pipe: bool = False) -> RunSummary:
     """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
     `fault_factory` (tests) builds a hook in each worker that sees its progress (pipeline.run.actor).
 
     The whole run holds OUTPUT/_lock.json (`break_lock`, `lock_stale_after_s`: see
     `pipeline.run.lock.RunLock`); when another run takes it over, no more shards are handed out
     and the run ends with `LockHeldError`."""
-    pre = preflight(input_spec, output, cfg)  # before the lock and Ray: a typo fails in a second
+    # Before the lock and Ray: a typo fails in a second. `allow_pipe`: --allow-pipe (docs/security.md).
+    pre = preflight(input_spec, output, cfg, allow_pipe=allow_pipe)
     out = OutputDir(output, cfg.io.storage_options)
     with out.locked(break_lock=break_lock, stale_after_s=lock_stale_after_s) as lock:
         return _run_locked(input_spec, pre, out, cfg, overwrite=overwrite, ray_address=ray_address,
@@ -138,14 +139,16 @@ class RunPlan:
     weights: str
     model: str
     overwrite: bool
+    pipe_commands: list[str] = field(default_factory=list)  # shell commands of the shards to label (--allow-pipe)
 
 
 PLAN_NAMES_LISTED = 20
 
 
-def plan_run(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False) -> RunPlan:
+def plan_run(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
+             allow_pipe: bool = False) -> RunPlan:
     """The same checks as `run_pipeline` up to the point where it would start Ray, read-only."""
-    pre = preflight(input_spec, output, cfg)
+    pre = preflight(input_spec, output, cfg, allow_pipe=allow_pipe)
     storage = OutputDir(output, cfg.io.storage_options)
     dataset = _read_dataset(storage)
     records = load_done_index(storage).restrict(s.name for s in pre.shards)  # not saved: read-only
@@ -155,7 +158,12 @@ def plan_run(input_spec: str, output: str, cfg: Config, *, overwrite: bool = Fal
     model = cfg.model.student or f"{cfg.model.name} / {pre.identity.sources.get('model.pretrained')}"
     return RunPlan(input_spec, output, len(pre.shards), pending[:PLAN_NAMES_LISTED], len(pending),
                    len(pre.shards) - len(pending), pre.identity.fingerprint, pre.identity.weights, str(model),
-                   overwrite)
+                   overwrite, _pipe_commands(pre.shards, set(pending)))
+
+
+def _pipe_commands(shards: list[ShardSpec], pending: set[str]) -> list[str]:
+    """Every shell command the run would start (`pipe:` shards still to label), for --dry-run."""
+    return [cmd for s in shards if s.name in pending and (cmd := pipe_command(s.url)) is not None]
 
 
 def _done_records(storage: Storage, shards: list[ShardSpec]) -> DoneIndex:

@@ -55,16 +55,19 @@ def verify_output(
     deep: bool = True,
     incremental: bool = False,
     record_verified: bool = False,
+    allow_pipe: bool = False,
 ) -> VerifyReport:
     """Check OUTPUT (against INPUT when given). `decode=False` reads PNG headers only (faster);
     `deep`, `incremental`: see the module doc; `record_verified` writes the markers of the shards
-    that passed (what `incremental` skips next time)."""
+    that passed (what `incremental` skips next time). A `pipe:` INPUT is only run by `deep`, and
+    then only with `allow_pipe` (--allow-pipe); without `deep` its commands are only named."""
     out = OutputDir(output_url, storage_options)
     out.fs.invalidate_cache()  # fsspec reuses filesystem instances: drop listings cached earlier
     report = VerifyReport(output_url, input_spec, deep=deep)
     inputs: dict[str, ShardSpec] = {}
     if input_spec is not None:
-        inputs = {s.name: s for s in expand_input(input_spec, storage_options)}
+        shards = expand_input(input_spec, storage_options, allow_pipe=allow_pipe or not deep)
+        inputs = {s.name: s for s in shards}
     info, problems = _read_dataset_json(out)
     listed = [_listing(out, folder, suffix) for folder, suffix in _FOLDERS]
     manifests, masks, records = (set(d) for d in listed)

@@ -29,7 +29,7 @@ def test_urls_are_passed_through_and_named():
     assert shard_name("s3://bucket/a/train-000001.tar") == "train-000001"
     assert shard_name("https://host/x/shard-7.tar?sig=abc") == "shard-7"
     assert shard_name("pipe:curl -s https://host/x/part-9.tar.gz") == "part-9"
-    specs = expand_input("pipe:aws s3 cp s3://b/p-{0..1}.tar -")
+    specs = expand_input("pipe:aws s3 cp s3://b/p-{0..1}.tar -", allow_pipe=True)
     assert [s.name for s in specs] == ["p-0", "p-1"]
     assert expand_input("https://host/data/a.tar")[0].url == "https://host/data/a.tar"
 
