@@ -1,9 +1,12 @@
 """How much of the shard stage's wall time the engine (and the GPU) waits, for jobs/gpu_check.py.
 
 One shard of JPEGs is labeled end to end by the real stage (read, decode pool, inference, PNG
-encode, tar + Parquet write). The engine is wrapped to add up the time inside `predict`; on a GPU
-a thread also samples NVML's utilisation every 50 ms. idle_share = 1 - busy / wall: what better
-overlap (more decode threads, a deeper prefetch) could still win.
+encode, tar + Parquet write). On a GPU a thread samples NVML's utilisation every 50 ms (pynvml,
+when installed) and idle_share = 1 - mean utilisation: what better overlap (more decode threads, a
+deeper prefetch) could still win. Time inside `predict` is no measure of that on CUDA, where
+`predict` only queues kernels and returns (a saturated GPU would read idle): it is reported as
+`engine_busy_s`, and used for idle_share only where NVML is absent (a CPU device, where `predict`
+does the work), with `idle_source` saying which.
 """
 from __future__ import annotations
 
@@ -54,6 +57,14 @@ def _nvml_sampler(stop: threading.Event, samples: list[int]) -> Optional[threadi
     return thread
 
 
+def idle_share(nvml_samples: Sequence[int], busy_s: float, wall_s: float) -> tuple[float, str]:
+    """(share of the run the device sat idle, where the number comes from): NVML's utilisation
+    (percent of time a kernel ran) when sampled, else the share of wall time outside `predict`."""
+    if nvml_samples:
+        return max(0.0, 1 - float(np.mean(nvml_samples)) / 100), "nvml"
+    return max(0.0, 1 - busy_s / wall_s) if wall_s > 0 else 0.0, "predict_time"
+
+
 def measure_idle(cfg: Any, images: Sequence[np.ndarray]) -> dict[str, Any]:
     from pipeline.benchmark import write_jpeg_shard
     from pipeline.engine import Segmenter
@@ -80,9 +91,10 @@ def measure_idle(cfg: Any, images: Sequence[np.ndarray]) -> dict[str, Any]:
             labeler.close()
     if result.ok != len(images):
         raise RuntimeError(f"idle probe labeled {result.ok} of {len(images)} images")
+    idle, source = idle_share(samples, engine.busy, wall)
     return {
         "images": len(images), "batch_size": cfg.batch_size, "wall_s": wall, "images_per_s": len(images) / wall,
-        "engine_busy_s": engine.busy, "engine_calls": engine.calls, "idle_share": max(0.0, 1 - engine.busy / wall),
+        "engine_busy_s": engine.busy, "engine_calls": engine.calls, "idle_share": idle, "idle_source": source,
         "decode_threads": decode_threads(cfg, engine.device),
         "nvml_utilisation_mean": float(np.mean(samples)) if samples else None, "nvml_samples": len(samples),
     }

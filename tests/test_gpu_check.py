@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,14 @@ def test_dry_run_writes_an_ok_summary(tmp_path):
     probe = json.loads((out / "probe.json").read_text())[0]
     assert {"trunk", "first_head", "last_block", "pamr_sparse", "pamr_shifted", "pamr_stencil"} <= set(probe["ms"])
     assert "passed" in (out / "gpu-tests.log").read_text()
+
+
+def test_idle_share_trusts_nvml_over_time_in_predict():
+    sys.path.insert(0, str(REPO / "jobs"))
+    from gpu_idle import idle_share
+
+    # A saturated GPU: predict only queues kernels (0.1 s of a 10 s run), NVML says 98% busy.
+    share, source = idle_share([97, 99], 0.1, 10.0)
+    assert source == "nvml" and share == pytest.approx(0.02)
+    share, source = idle_share([], 6.0, 10.0)  # no NVML (a CPU device): the time outside predict
+    assert source == "predict_time" and share == pytest.approx(0.4)

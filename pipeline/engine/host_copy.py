@@ -4,9 +4,10 @@ Post-processing writes each band's label map, uint8 confidence, ignored mask and
 confidence into views of one device byte buffer (`PackedBuffers`); `send()` then queues a single
 non-blocking copy into pinned host memory on a side stream and returns the host arrays as
 `PendingArray`s. Their shape and dtype are known at once (the stage checks shapes in its inference
-thread), and their contents are waited for only when first read (`np.asarray` in the stage's
-encode thread), so the copy overlaps the next batch's kernels instead of stalling the inference
-thread on every band as a blocking `.cpu()` did.
+thread), and their contents are waited for only when first read or `wait_copy()` is called (the
+stage's one copy-waiter thread, `run/copy_waiter.py`, before it hands the encoding to its pool), so
+the copy overlaps the next batch's kernels instead of stalling the inference thread on every band
+as a blocking `.cpu()` did.
 
 The waiting is behind a tiny `Waitable` interface (`synchronize()`), so the logic is tested on
 CPU with a fake that performs the copy only when waited on.
@@ -54,6 +55,10 @@ class PendingArray(NDArrayOperatorsMixin):
     dtype = property(lambda self: self._host.dtype)
     ndim = property(lambda self: self._host.ndim)
     size = property(lambda self: self._host.size)
+
+    def wait_copy(self) -> None:
+        """Block until the bytes have landed (the stage's copy waiter calls this before encoding)."""
+        self._copy.wait()
 
     def value(self) -> np.ndarray:
         self._copy.wait()
@@ -133,7 +138,9 @@ def cuda_copy(host: Tensor, device_buf: Tensor) -> torch.cuda.Event:
     if stream is None:
         stream = _COPY_STREAMS[device] = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    event = torch.cuda.Event()
+    # Blocking: a thread waiting on it sleeps in the driver instead of spinning a core for the
+    # batch's GPU time (the default event busy-waits).
+    event = torch.cuda.Event(blocking=True)
     with torch.cuda.stream(stream):
         host.copy_(device_buf, non_blocking=True)
         event.record(stream)

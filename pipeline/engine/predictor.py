@@ -56,6 +56,19 @@ class Segmentation:
     ignored: Optional[np.ndarray] = None  # (H, W) bool: confidence < labels.min_confidence (None: none)
 
 
+@contextlib.contextmanager
+def exact_float32():
+    """TF32 off for matmuls and cuDNN inside (the previous settings restored after): the text
+    features are cached on disk by checkpoint, words and templates only, so they must be the float32
+    ones whatever `inference.tf32` and the device (TF32 would also leak them into CPU runs)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,8 +87,6 @@ class Segmenter:
         self.model = DenseViT(clip.model.visual, cfg.method).to(device).eval()
         self.precision = resolve_precision(cfg.precision, device)
         self.autocast = _autocast(device, self.precision)
-        if device.type == "cuda":  # TF32 for float32 matmuls (process-wide, as torch sets it)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.inference.tf32
         self.mean = torch.tensor(clip.image_mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(clip.image_std, device=device).view(1, 3, 1, 1)
         ident = clip.identity
@@ -85,7 +96,10 @@ class Segmenter:
         templates = load_templates(cfg.vocabulary.templates)
         self.template_texts = [t("{}") for t in templates]  # what the labels were made with (pipeline.identity)
         clip.model.to(device)
-        self.text = encode_queries(clip.model, vocabulary.queries, templates, model_key, device)  # (Q, E)
+        with exact_float32():  # the cached features are the same on every device and TF32 setting
+            self.text = encode_queries(clip.model, vocabulary.queries, templates, model_key, device)  # (Q, E)
+        if device.type == "cuda":  # TF32 for the image side's float32 matmuls (process-wide, as torch sets it)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.inference.tf32
         self.query_class = torch.tensor(vocabulary.query_class, device=device)
         clip.model.transformer.to("cpu")  # the text tower is not needed any more: free device memory
         if self.precision != "float32":  # once, instead of autocast re-casting frozen weights every call

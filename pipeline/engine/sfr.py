@@ -138,7 +138,11 @@ def blur_rows(matrix: Tensor, std: float) -> Tensor:
     x = torch.arange(size, dtype=torch.float32, device=matrix.device) - size // 2
     kernel = torch.exp(-(x**2) / (2 * std**2))
     kernel = (kernel / kernel.sum()).view(1, 1, -1)
-    blurred = F.conv1d(matrix.reshape(b * n, 1, n), kernel, padding=size // 2).reshape(b, n, n)
+    # In float32 even inside the caller's bf16/fp16 autocast (which would cast conv1d down), as the
+    # reference blurs; the prior is stored in float16 only at the end (prior_from_matrix).
+    with torch.autocast(matrix.device.type, enabled=False):
+        rows = matrix.float().reshape(b * n, 1, n)
+        blurred = F.conv1d(rows, kernel, padding=size // 2).reshape(b, n, n)
     blurred = F.relu(blurred)
     return blurred / (blurred.sum(dim=-1, keepdim=True) + 1e-8)
 

@@ -16,9 +16,15 @@ import torch
 class SectionTimer:
     def __init__(self, enabled: bool = False, device: torch.device | None = None):
         self.enabled = enabled
-        self.sync = enabled and device is not None and device.type == "cuda"
+        self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+
+    @property
+    def sync(self) -> bool:
+        """Decided when a section runs: the Segmenter builds its timer disabled, and profiles and
+        `bench` switch it on later, when a flag computed once would still say "no sync"."""
+        return self.enabled and self.device is not None and self.device.type == "cuda"
 
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[None]:

@@ -7,6 +7,7 @@ the driver through a named `pipeline.run.progress.ProgressBoard` actor.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -77,6 +78,7 @@ class LabelWorker:
         """Load the engine (once) and return {"identity", "describe", "worker"}; raises a `UserError`
         (its message is one line) when the engine cannot load or is not the one the driver expects."""
         if self.labeler is None:
+            self.cfg = configure_device(self.cfg)
             try:
                 engine = self.engine_factory(self.cfg)
             except UserError:
@@ -133,6 +135,56 @@ class LabelWorker:
         if self.sender is not None:
             # Fire and forget: a lost progress message only makes the bar lag, never fails the shard.
             self.sender.send((p.shard, self.attempt, p.samples, p.ok, p.errors))
+
+
+def configure_device(cfg: Config) -> Config:
+    """The config this worker runs: inside a Ray actor holding GPUs, `device: cuda:N` becomes
+    `cuda:0` (Ray hides every other GPU with CUDA_VISIBLE_DEVICES, so the assigned one is cuda:0
+    whatever N was), and a fractional GPU (`ray.gpus_per_actor` < 1) caps this process's CUDA
+    allocator at that share, so that one actor's peak cannot starve its neighbours."""
+    gpus = _ray_gpu_ids()
+    if not gpus:
+        return cfg
+    device = actor_device(cfg.device, len(gpus))
+    if device != cfg.device:
+        log.info("device %s: inside this Ray actor its GPU (%s) is %s", cfg.device, gpus[0], device)
+        cfg = dataclasses.replace(cfg, device=device)
+    fraction = memory_fraction(cfg.ray.gpus_per_actor)
+    if fraction is not None and device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(fraction, 0)
+            log.info("GPU shared (ray.gpus_per_actor %s): this actor's allocator is capped at %.0f%%",
+                     cfg.ray.gpus_per_actor, 100 * fraction)
+    return cfg
+
+
+def actor_device(device: str, visible: int) -> str:
+    """`device` as seen by an actor that sees `visible` GPUs, numbered from 0: cuda:N beyond them
+    is the one Ray assigned, cuda:0; auto, cpu, cuda and an index it sees are kept."""
+    if visible > 0 and device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= visible:
+            return "cuda:0"
+    return device
+
+
+def memory_fraction(gpus_per_actor: float) -> Optional[float]:
+    """The share of its GPU's memory an actor may allocate: its share of the GPU, when below 1."""
+    return float(gpus_per_actor) if 0 < gpus_per_actor < 1 else None
+
+
+def _ray_gpu_ids() -> list[Any]:
+    """The GPUs Ray assigned to this actor; [] outside Ray (tests, `pseudolabel bench`)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return []
+        return list(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is no assignment
+        return []
 
 
 def _worker_id() -> str:

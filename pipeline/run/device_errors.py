@@ -33,3 +33,19 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     if accelerator is not None and isinstance(exc, accelerator):
         return True
     return isinstance(exc, RuntimeError) and any(marker in message for marker in _FATAL_MARKERS)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure of the device (the batch was too big, not the device broken)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+
+
+def release_cached_memory() -> None:
+    """Return the caching allocator's free blocks to the device, so that the retried, smaller batch
+    is not refused for fragmentation. Called after the failed batch's traceback is gone."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

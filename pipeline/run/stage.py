@@ -29,7 +29,8 @@ from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard
 from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
 from pipeline.io.shards import ShardSpec
 from pipeline.io.output_dir import OutputDir
-from pipeline.run.device_errors import is_fatal_device_error
+from pipeline.run.copy_waiter import CopyWaiter
+from pipeline.run.device_errors import is_fatal_device_error, is_out_of_memory, release_cached_memory
 from pipeline.timestamps import utc_now_iso
 from pipeline.run.shard_identity import input_identity, keys_digest
 from pipeline.io.writers import MaskTarWriter, write_manifest
@@ -57,6 +58,7 @@ ProgressFn = Callable[[ShardProgress], None]
 # images it was given, or this many in a row (an engine that broke part way through a shard).
 MAX_INFERENCE_FAILURE_SHARE = 0.5
 MAX_INFERENCE_FAILURE_STREAK = 8
+_OUT_OF_MEMORY = "out of memory"  # `_call_engine`'s verdict on a batch that did not fit the device
 # Whole-image mode regroups a window of images by shape; the window also stops at this many decoded
 # pixels (~300 MB of RGB), so 24 MP photos do not hold prefetch_batches x batch_size of them at once.
 GROUP_WINDOW_PIXELS = 100_000_000
@@ -124,9 +126,14 @@ class ShardLabeler:
         self._batch_key = engine.inference_size if getattr(engine, "batches_by_shape", False) else None  # type: ignore[attr-defined]
         self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),
                                        thread_name_prefix="decode")
+        # Encodings enter the pool only once their outputs are on the host (run/copy_waiter.py).
+        self.copies = CopyWaiter(self.pool)
+        # Largest batch that fitted in device memory, per inference shape (set by out-of-memory).
+        self.batch_limits: dict[Any, int] = {}
         configure_pillow(cfg.io.max_image_pixels)
 
     def close(self) -> None:
+        self.copies.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def label(self, shard: ShardSpec) -> ShardResult:
@@ -242,29 +249,67 @@ class ShardLabeler:
             if isinstance(out, SampleError):
                 sample.fail(out)
             else:
-                encodes[id(sample)] = self.pool.submit(self._encode, sample, out)
+                encodes[id(sample)] = self.copies.submit(self._encode, sample, out)
             sample.rgb = None
         return [(s, encodes.get(id(s))) for s in chunk]
 
     def _predict(self, images: list[np.ndarray], sizes: Optional[list[tuple[int, int]]] = None) -> Sequence[Any]:
         """Engine outputs, one per image, at `sizes` (H, W; default the images' own); an image the
-        engine fails on becomes a SampleError. A failing batch is retried image by image so one bad
-        image does not fail its neighbours."""
+        engine fails on becomes a SampleError. A batch that runs out of device memory is halved
+        (outside the `except`, whose traceback holds the failed batch's tensors, and after emptying
+        the allocator's cache) and the largest batch that fitted is kept per inference shape, so the
+        next batches are cut before they fail. Another failing batch is retried image by image so
+        one bad image does not fail its neighbours."""
         sizes = sizes or [img.shape[:2] for img in images]
+        limit = min([self.batch_limits.get(self._shape_key(s), len(images)) for s in sizes] or [1])
+        if len(images) > limit:
+            return [out for i in range(0, len(images), limit)
+                    for out in self._predict(images[i : i + limit], sizes[i : i + limit])]
+        outs, failure = self._call_engine(images, sizes)
+        if failure is None:
+            return self._checked(outs, sizes)
+        if failure is _OUT_OF_MEMORY:
+            release_cached_memory()
+            if len(images) == 1:
+                return [SampleError(INFERENCE, f"out of device memory on one {sizes[0][0]}x{sizes[0][1]} image")]
+            half = (len(images) + 1) // 2
+            for size in sizes:
+                key = self._shape_key(size)
+                self.batch_limits[key] = min(self.batch_limits.get(key, half), half)
+            log.warning("out of device memory on a batch of %d; batches of this shape now hold at most %d",
+                        len(images), half)
+            return self._predict(images, sizes)
+        if len(images) == 1:
+            return [failure]
+        return [out for img, size in zip(images, sizes) for out in self._predict([img], [size])]
+
+    def _call_engine(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[Sequence[Any], Any]:
+        """(outputs, None), or (None, what failed): `_OUT_OF_MEMORY` or a SampleError without its
+        traceback, so that nothing of the failed call outlives this function. A fatal device error
+        raises DeviceFatalError: no row, the worker must go."""
         try:
             if any(img.shape[:2] != size for img, size in zip(images, sizes)):  # drafted: a FullSizeEngine
-                outs = self.engine.predict(images, return_probs=False, out_sizes=sizes)  # type: ignore[call-arg]
-            else:  # engines without `out_sizes` (the student, test doubles) are called as always
-                outs = self.engine.predict(images, return_probs=False)
+                return self.engine.predict(images, return_probs=False, out_sizes=sizes), None  # type: ignore[call-arg]
+            # engines without `out_sizes` (the student, test doubles) are called as always
+            return self.engine.predict(images, return_probs=False), None
         except Exception as exc:  # noqa: BLE001 - any engine failure on data is a sample error
             if is_fatal_device_error(exc):  # the device, not the data: no row, the worker must go
                 raise DeviceFatalError(f"engine device failed: {type(exc).__name__}: {exc}") from exc
+            if is_out_of_memory(exc):
+                return None, _OUT_OF_MEMORY
+            if isinstance(exc, SampleError):  # the engine says the image is at fault (e.g. too_small)
+                return None, exc.with_traceback(None)
             if len(images) == 1:
-                if isinstance(exc, SampleError):
-                    return [exc]  # the engine says the image is at fault (e.g. too_small after the resize)
                 log.warning("engine failed on an image (%s x %s): %s", *images[0].shape[:2], exc)
-                return [SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")]
-            return [out for img, size in zip(images, sizes) for out in self._predict([img], [size])]
+            return None, SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")
+
+    def _shape_key(self, size: tuple[int, int]) -> Any:
+        """What device memory depends on: the inference size where the engine says it."""
+        infer = getattr(self.engine, "inference_size", None)
+        return infer(*size) if callable(infer) else tuple(size)
+
+    @staticmethod
+    def _checked(outs: Sequence[Any], sizes: list[tuple[int, int]]) -> list[Any]:
         checked: list[Any] = []
         for size, out in zip(sizes, outs):
             shape = tuple(np.shape(out.pred))
@@ -290,7 +335,9 @@ class ShardLabeler:
                rows: list[ManifestRow], result: ShardResult) -> None:
         for sample, encoding in chunk:
             if encoding is not None:
-                encoding.result()  # re-raises a bug in encoding: that is not a data problem
+                # re-raises a bug in encoding (not a data problem), or a DeviceFatalError surfaced by
+                # the wait for the copy to the host (run/copy_waiter.py): the worker restarts
+                encoding.result()
             if sample.ok:
                 tar.add(sample)
                 result.ok += 1

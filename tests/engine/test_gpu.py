@@ -19,8 +19,20 @@ DEVICE = os.environ.get("PSEUDOLABEL_GPU_TEST_DEVICE", "cuda")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Reproducing the golden labels means float32 matmuls: TF32 (inference.tf32, on by default on CUDA)
+# rounds their inputs to 10 mantissa bits; emulated, it gives 97.4% agreement on the astronaut.
+EXACT = "inference.tf32=false"
+# cuBLAS promises no bit-equality across batch compositions, processes or algorithm choices: two
+# float32 runs of one image agree on all but pixels at near-ties of two classes.
+SAME_RUN_AGREEMENT = 0.999
+
+
 def _segmenter(*extra: str) -> Segmenter:
-    return Segmenter.from_config(golden_config([f"device={DEVICE}", *extra]))
+    return Segmenter.from_config(golden_config([f"device={DEVICE}", EXACT, *extra]))
+
+
+def _agreement(a, b) -> float:
+    return float((np.asarray(a) == np.asarray(b)).mean())
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +58,12 @@ def test_float32_matches_golden_labels(few, float32_outputs):
         assert equal >= 0.999, f"{name}: pred equal on {equal:.4%} of pixels"
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.parametrize("precision", ["bfloat16", "float16", "tf32"])
 def test_mixed_precision_agrees_with_float32(few, float32_outputs, precision, record_property):
     if DEVICE == "cpu" and precision == "float16":
         pytest.skip("float16 needs CUDA")
-    low = _segmenter(f"precision={precision}").predict(list(few.values()))
+    setting = "inference.tf32=true" if precision == "tf32" else f"precision={precision}"
+    low = _segmenter(setting).predict(list(few.values()))
     agree = [float((r.pred == l.pred).mean()) for r, l in zip(float32_outputs, low)]
     record_property("pixel_agreement", agree)
     print(f"{precision} vs float32 pixel agreement: {[f'{a:.4f}' for a in agree]}")
@@ -75,7 +88,7 @@ def test_two_engines_in_one_process(images):
     a, b = _segmenter("precision=bfloat16"), _segmenter("precision=bfloat16")
     out_a = a.predict([images["astronaut"]])[0]
     out_b = b.predict([images["astronaut"]])[0]
-    assert (out_a.pred == out_b.pred).all()
+    assert _agreement(out_a.pred, out_b.pred) >= SAME_RUN_AGREEMENT
     if DEVICE == "cuda":
         assert torch.cuda.memory_allocated() > 0
 
@@ -84,9 +97,9 @@ _CHILD = """
 import sys, numpy as np
 from pipeline.engine import Segmenter
 from tests.engine.golden_data import golden_config, golden_image
-seg = Segmenter.from_config(golden_config(["device={device}"]))
+seg = Segmenter.from_config(golden_config(["device={device}", "inference.tf32=false"]))
 outs = [seg.predict([golden_image("astronaut")])[0].pred for _ in range({reps})]
-assert all((o == outs[0]).all() for o in outs)
+assert all((o == outs[0]).mean() >= {agreement} for o in outs)
 np.save(sys.argv[1], outs[0])
 """
 
@@ -95,14 +108,14 @@ def test_two_processes_share_one_device(tmp_path, few, float32_outputs):
     """Two actors on one GPU are two processes (each its own CUDA context): both run at once and
     label as one process does."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = _CHILD.format(device=DEVICE, reps=3 if DEVICE == "cuda" else 1)
+    code = _CHILD.format(device=DEVICE, reps=3 if DEVICE == "cuda" else 1, agreement=SAME_RUN_AGREEMENT)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{i}.npy")], cwd=ROOT, env=env,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], json.dumps(errors)[-2000:]
     expected = float32_outputs[list(few).index("astronaut")].pred
     for i in range(2):
-        assert (np.load(tmp_path / f"{i}.npy") == expected).all()
+        assert _agreement(np.load(tmp_path / f"{i}.npy"), expected) >= SAME_RUN_AGREEMENT
 
 
 def test_deferred_host_copy_waits_only_when_read():

@@ -119,3 +119,14 @@ def test_pack_bits_sets_one_bit_per_true_entry():
     assert words.shape == (2, 3)
     assert words[0].tolist() == [1 | (1 << 63) - (1 << 64), 1, 2]  # bit 63 is the sign bit of int64
     assert words[1].tolist() == [0, 0, 0]
+
+
+def test_blur_is_float32_inside_a_low_precision_autocast():
+    # crop_logits runs SFR inside bf16/fp16 autocast, which casts conv1d down; the reference blurs
+    # in float32 and stores float16 only at the end, so the prior must not depend on the autocast.
+    labels = torch.randint(0, 5, (2, 6, 7), generator=torch.Generator().manual_seed(0))
+    plain = sfr_prior(labels, 3.0, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = sfr_prior(labels, 3.0, True)
+        assert blur_rows(torch.rand(1, 9, 9), 2.0).dtype == torch.float32
+    assert inside.dtype == torch.float16 and torch.equal(inside, plain)
