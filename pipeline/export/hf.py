@@ -13,7 +13,6 @@ module writes it with pyarrow alone (`datasets` is not a dependency).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.export.layouts import ExportSummary, palette_png
 from pipeline.export.samples import ExportSample
+from pipeline.io.atomic import atomic_local_path
 
 HF_SPLITS = {"train": "train", "val": "validation"}
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -48,10 +48,8 @@ class _SplitWriter:
         if not self.rows:
             return
         path = self.dest / "data" / f"{self.split}-{self.files:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), tmp)
-        os.replace(tmp, path)
+        with atomic_local_path(path, fsync=False) as tmp:  # random name, created exclusively
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), tmp)
         self.files += 1
         self.rows = []
 

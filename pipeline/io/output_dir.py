@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import json
 import posixpath
+import re
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import pandas as pd
@@ -28,6 +29,14 @@ _REQUIRED_COLUMNS = (
     "mask_shard", "label_member", "conf_member", "mean_confidence", "classes", "class_pixels",
 )
 _READ_THREADS = 16  # object stores are slow per call: small records are read in parallel
+# What `clear` may delete in each per-shard folder: the names this project writes there.
+_SHARD_NAME = r"[A-Za-z0-9._+=@-]+"  # pipeline.io.shards.shard_name's alphabet
+_OURS = {
+    layout.DONE_DIR: re.compile(rf"^{_SHARD_NAME}{re.escape(layout.DONE_SUFFIX)}$"),
+    layout.MASKS_DIR: re.compile(rf"^{_SHARD_NAME}{re.escape(layout.MASK_SUFFIX)}$"),
+    layout.MANIFEST_DIR: re.compile(rf"^{_SHARD_NAME}{re.escape(layout.MANIFEST_SUFFIX)}$"),
+}
+_EXTRA_DIRS = ("_index",)  # pipeline.run.done_index keeps its compacted index there
 
 
 class OutputDir:
@@ -184,14 +193,28 @@ class OutputDir:
         that lost its lock never reports success."""
         from pipeline.run.lock import RunLock  # the lock's heartbeat thread is run machinery
 
+        self.check_folders()  # before anything is written: a planted symlinked folder is refused
         with RunLock(self.root, self.storage_options, stale_after_s, break_lock=break_lock) as lock:
             yield lock
             lock.check()
 
-    def clear(self) -> None:
-        """Remove every output of previous runs (`--overwrite`), completion records first."""
+    def check_folders(self) -> None:
+        """Refuse (one-line `UserError`) a local OUTPUT whose per-run folders are symlinks: a
+        planted `OUTPUT/masks -> elsewhere` would make a run write, list and delete elsewhere."""
+        for sub in (*layout.SHARD_DIRS, layout.TMP_DIR, *_EXTRA_DIRS):
+            self.storage.refuse_links(sub)
+
+    def clear(self, extra_files: Iterable[str] = ()) -> None:
+        """Remove every output of previous runs (`--overwrite`), completion records first.
+
+        Only files this project writes, by their name patterns (`masks/NAME.tar`, ...), under the
+        real OUTPUT (no symlinked folder): anything else a colleague put there stays. `extra_files`:
+        more relative paths of ours (the runner's done index)."""
+        self.check_folders()
         for sub in layout.SHARD_DIRS:
+            pattern = _OURS[sub]
             for name in self.listdir(sub):
-                self.remove(f"{sub}/{name}")
-        for name in layout.RUN_FILES:
+                if pattern.match(name):
+                    self.remove(f"{sub}/{name}")
+        for name in (*layout.RUN_FILES, *extra_files):
             self.remove(name)

@@ -13,16 +13,16 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
-import uuid
 from typing import IO, Any, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import TransientReadError, UserError
-from pipeline.io.atomic import commit_local
+from pipeline.io.atomic import commit_local, create_temp
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class Storage:
         return self.fs.cat_file(self.path(rel))
 
     def listdir(self, rel: str) -> list[str]:
-        """File names (not paths) directly under `rel`; empty when it does not exist."""
+        """File names (not paths) directly under `rel`; empty when it does not exist. A local
+        folder reached through a symlink is refused (`refuse_links`): nothing outside OUTPUT is listed."""
+        self.refuse_links(rel)
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:
@@ -74,8 +76,32 @@ class Storage:
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
     def remove(self, rel: str) -> None:
+        """Delete one file. Locally never through a symlinked folder, and a symlink itself is
+        unlinked, never followed (fsspec's rm would follow one to a folder)."""
+        if self.is_local:
+            self.refuse_links(posixpath.dirname(rel))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(rel))
+            return
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(rel))
+
+    def refuse_links(self, rel: str) -> None:
+        """Raise `UserError` when a folder on the way from the root to `rel` (itself included) is
+        a symlink (local roots only; the root itself may be one: that is the user's choice). A
+        planted `OUTPUT/masks -> elsewhere` must not make a run write, list or delete elsewhere."""
+        if not self.is_local or not rel:
+            return
+        here = self.root
+        for part in rel.strip("/").split("/"):
+            here = os.path.join(here, part)
+            try:
+                mode = os.lstat(here).st_mode
+            except FileNotFoundError:
+                return  # created by us later, as a real folder (checked again before use)
+            if stat.S_ISLNK(mode):
+                raise UserError(f"{here} is a symbolic link; pseudolabel never writes, lists or deletes "
+                                "through one inside OUTPUT: remove it or use another OUTPUT")
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.atomic_path(rel) as tmp:
@@ -86,7 +112,9 @@ class Storage:
     def atomic_path(self, rel: str) -> Iterator[str]:
         """Yield a local path to write; on success it becomes `rel` in one step, on error nothing."""
         tmp_dir = self._tmp_dir()
-        tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{posixpath.basename(rel)}")
+        fd, tmp_path = create_temp(tmp_dir, posixpath.basename(rel))  # random, O_EXCL | O_NOFOLLOW
+        os.close(fd)
+        tmp = str(tmp_path)
         try:
             yield tmp
             self._commit(tmp, rel)
@@ -99,12 +127,14 @@ class Storage:
     def clean_tmp(self) -> None:
         """Drop temporaries left by a crashed run (a killed process cannot remove its own)."""
         if self.is_local:
+            self.refuse_links(TMP_DIR)
             shutil.rmtree(self.path(TMP_DIR), ignore_errors=True)
 
     def _tmp_dir(self) -> str:
         if self.is_local:
             tmp_dir = self.path(TMP_DIR)
             os.makedirs(tmp_dir, exist_ok=True)
+            self.refuse_links(TMP_DIR)  # after makedirs: exist_ok accepts a symlink to a folder
             return tmp_dir
         return tempfile.mkdtemp(prefix="pseudolabel-")
 
@@ -112,6 +142,7 @@ class Storage:
         final = self.path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            self.refuse_links(posixpath.dirname(rel))
             commit_local(tmp, final)  # fsync, then rename: the data reaches the disk before the name
         else:
             self.fs.put_file(tmp, final)

@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 import fsspec
 
 from pipeline.errors import UserError
-from pipeline.io.atomic import commit_local
+from pipeline.io.atomic import create_temp, write_atomic
 from pipeline.io.layout import LOCK_JSON
 from pipeline.io.storage import storage_options_for
 from pipeline.run.lock_record import (  # noqa: F401 - LockRecord and the staleness settings are part of this API
@@ -243,10 +243,9 @@ class RunLock:
     def _write_heartbeat(self, record: LockRecord) -> None:
         blob = record.to_json()
         if self.local:
-            tmp = f"{self.path}.{self.run_id}.hb.tmp"
-            with open(tmp, "wb") as f:
-                f.write(blob)
-            commit_local(tmp, self.path)
+            # A random temporary created exclusively, never `<lock>.<run_id>.hb.tmp`: the run id is
+            # public, and a symlink planted at that name would be written through.
+            write_atomic(self.path, blob)
         else:
             self.fs.pipe_file(self.path, blob)
 
@@ -322,8 +321,8 @@ def read_lock(output_url: str, storage_options: Optional[dict[str, Any]] = None)
 
 
 def _create_local(path: str, blob: bytes) -> bool:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
+    fd, tmp = create_temp(os.path.dirname(path), os.path.basename(path))  # O_EXCL | O_NOFOLLOW, random
+    with os.fdopen(fd, "wb") as f:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
@@ -335,7 +334,7 @@ def _create_local(path: str, blob: bytes) -> bool:
     except OSError:
         # No hard links here (some network or FUSE file systems): exclusive create instead.
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:

@@ -207,13 +207,10 @@ def _check_compatible(dataset: Optional[DatasetMeta], records: Any, mine: Identi
                                    f"{mine.fingerprint}; mixing them would give a dataset with two labelings. {advice}")
 
 
-def _clear_outputs(storage: Storage) -> None:
+def _clear_outputs(storage: OutputDir) -> None:
     # Completion records go first: if this is interrupted, no stale shard still counts as complete.
-    for sub in OUTPUT_DIRS:
-        for name in storage.listdir(sub):
-            storage.remove(f"{sub}/{name}")
-    for name in (DATASET_JSON, STATS_JSON, INDEX_PATH):
-        storage.remove(name)
+    # Only our own files, never through a symlinked folder (OutputDir.clear, docs/security.md).
+    storage.clear(extra_files=(INDEX_PATH,))
     log.warning("--overwrite: removed previous outputs under %s", storage.url)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import UserError
+from pipeline.io.atomic import atomic_local_path
 
 FORMAT = "pseudolabel-student-v1"
 STUDENT_FILE = "student.pt"
@@ -36,9 +37,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save under a temporary name, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:  # random name, created exclusively (never a planted symlink)
+        torch.save(obj, tmp)
 
 
 def save_student(directory: Path, state_dict: dict[str, Any], card: dict[str, Any]) -> Path:
