@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pipe", action="store_true",
                         help="accept a pipe:CMD INPUT: CMD runs in a shell on every worker (never accepted from "
                              "list files or configs; --dry-run prints the commands)")
+    parser.add_argument("--repair", action="store_true",
+                        help="also read every complete shard's record, manifest and mask tar (not its input) and "
+                             "relabel those that do not check (what `verify` finds); every run already relabels "
+                             "shards whose input changed or whose files a listing shows missing or resized")
     parser.add_argument("--dry-run", action="store_true",
                         help="check config, INPUT, vocabulary and checkpoint, print the plan (shards to label "
                              "and to skip, fingerprint, model) and exit 0 without starting Ray or writing anything")
@@ -78,7 +82,7 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
         summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
                                ray_address=args.ray_address, progress=bar, log_level=level,
                                break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after,
-                               allow_pipe=args.allow_pipe)
+                               allow_pipe=args.allow_pipe, repair=args.repair)
     finally:
         if bar is not None:
             bar.close()
@@ -101,7 +105,8 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
 
     from pipeline.run.runner import plan_run
 
-    plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe)
+    plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe,
+                    repair=args.repair)
     if args.json_summary:
         print(json.dumps(asdict(plan), indent=1))
         return 0
@@ -111,6 +116,7 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
           f"(complete){' (--overwrite: everything is relabeled)' if plan.overwrite else ''}")
     if plan.to_label:
         print(f"  to label: {', '.join(plan.to_label)}{f' and {more} more' if more else ''}")
+    _print_relabel_plan(plan)
     print(f"  fingerprint: {plan.fingerprint}")
     print(f"  model: {plan.model} ({plan.weights})")
     if plan.pipe_commands:  # every one, exactly: the user checks what will run on the workers
@@ -119,6 +125,20 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
             print(f"    {cmd}")
     print("  nothing written, Ray not started")
     return 0
+
+
+def _print_relabel_plan(plan: Any) -> None:
+    """The recorded shards that will be relabeled because their record does not check."""
+    changed = plan.relabel.get("input_changed", 0)
+    if changed:
+        more = f" and {changed - len(plan.changed)} more" if changed > len(plan.changed) else ""
+        print(f"  changed inputs (relabeled): {changed}: {', '.join(plan.changed)}{more}")
+    damaged = {k: n for k, n in plan.relabel.items() if k != "input_changed"}
+    if damaged:
+        total = sum(damaged.values())
+        more = f" and {total - len(plan.damaged)} more" if total > len(plan.damaged) else ""
+        kinds = ", ".join(f"{k}={n}" for k, n in damaged.items())
+        print(f"  damaged (relabeled): {total} ({kinds}): {', '.join(plan.damaged)}{more}")
 
 
 def _rate(text: str) -> float:
@@ -181,6 +201,12 @@ def print_summary(summary: Any) -> None:
     table.add_column("value", justify="right")
     table.add_row("this run: shards labeled / skipped / failed",
                   f"{summary.shards_labeled} / {summary.shards_skipped} / {summary.shards_failed}")
+    if summary.relabeled:
+        damaged = {k: n for k, n in summary.relabeled.items() if k != "input_changed"}
+        table.add_row("this run: changed inputs relabeled", str(summary.relabeled.get("input_changed", 0)))
+        if damaged:
+            table.add_row("this run: damaged shards relabeled",
+                          f"{sum(damaged.values())} ({', '.join(f'{k}={n}' for k, n in damaged.items())})")
     table.add_row("this run: images ok / failed",
                   f"{summary.images_ok} / {summary.images_failed} ({summary.sample_failure_rate:.2%} failed)")
     table.add_row("dataset: shards complete / in INPUT",
@@ -203,3 +229,7 @@ def print_summary(summary: Any) -> None:
     for name, share in shares:
         table.add_row(f"  dataset, class {name}", f"{share:.1%}")
     Console().print(table)
+    if summary.relabeled:  # one plain line a log reader can grep: "2 changed inputs relabeled"
+        from pipeline.run.shard_check import describe_counts
+
+        print(f"pseudolabel run: {describe_counts(summary.relabeled)} relabeled (their records did not check)")

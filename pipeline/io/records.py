@@ -157,6 +157,10 @@ class ShardResult:
     keys_sha256: str = ""  # sha256 of the sample keys in input order (pipeline.run.shard_identity)
     input_size: Optional[int] = None  # bytes of the input shard when labeled (None for streams)
     input_etag: Optional[str] = None  # its ETag (object stores) or mtime (local files)
+    # Bytes of the committed manifest and mask tar: a listing of OUTPUT then shows a truncated or
+    # replaced file without reading it (pipeline.run.shard_check). None in older records.
+    manifest_bytes: Optional[int] = None
+    mask_bytes: Optional[int] = None
 
     @property
     def complete(self) -> bool:

@@ -8,6 +8,7 @@ input gives byte-identical shards.
 from __future__ import annotations
 
 import contextlib
+import os
 import tarfile
 from typing import Any, Mapping, Optional, Sequence
 
@@ -30,9 +31,12 @@ class MaskTarWriter:
         self._stack = contextlib.ExitStack()
         self._tar: Optional[tarfile.TarFile] = None
         self.members = 0
+        self.bytes: Optional[int] = None  # size of the committed tar (the completion record keeps it)
 
     def __enter__(self) -> "MaskTarWriter":
         tmp = self._stack.enter_context(self.storage.atomic_path(self.rel_path))
+        # Exits run in reverse: the tar closes (end blocks written), its size is taken, then it commits.
+        self._stack.callback(self._measure, tmp)
         self._tar = self._stack.enter_context(tarfile.open(tmp, mode="w", format=TAR_FORMAT))
         return self
 
@@ -44,6 +48,10 @@ class MaskTarWriter:
     def _add_member(self, name: str, data: bytes) -> None:
         self._tar.addfile(*tar_member(name, data))  # type: ignore[union-attr]
         self.members += 1
+
+    def _measure(self, tmp: str) -> None:
+        with contextlib.suppress(OSError):
+            self.bytes = os.path.getsize(tmp)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         # ExitStack closes the tar first, then commits (or, on an exception, drops) the temp file.
@@ -59,5 +67,8 @@ def manifest_bytes(rows: Sequence[ManifestRow | Mapping[str, Any]]) -> bytes:
     return buf.getvalue().to_pybytes()
 
 
-def write_manifest(storage: OutputDir, rel_path: str, rows: Sequence[ManifestRow | Mapping[str, Any]]) -> None:
-    storage.write_bytes(rel_path, manifest_bytes(rows))
+def write_manifest(storage: OutputDir, rel_path: str, rows: Sequence[ManifestRow | Mapping[str, Any]]) -> int:
+    """Commit the manifest; returns its size in bytes (the completion record keeps it)."""
+    blob = manifest_bytes(rows)
+    storage.write_bytes(rel_path, blob)
+    return len(blob)

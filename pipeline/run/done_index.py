@@ -10,6 +10,11 @@ before it wrote the index costs one batched read of the records it finished.
 
 `DoneIndex` answers what the runner asks of its records (`in`, `len`, `values()`), with the rows
 kept as Arrow columns, not one dict per shard.
+
+Each row also keeps the record file's listing stamp ("size:ETag-or-mtime") from when it was read:
+a record rewritten or damaged since (another size or ETag/mtime in the listing) is read again, not
+trusted from the index. A record that cannot be parsed, or names another shard, is not complete:
+it lands in `DoneIndex.unreadable` (name -> why) and the runner relabels that shard.
 """
 from __future__ import annotations
 
@@ -37,8 +42,9 @@ _SCHEMA = pa.schema([
     ("errors", pa.int64()), ("failure", pa.string()), ("started_at", pa.string()),
     ("finished_at", pa.string()), ("worker", pa.string()), ("config_fingerprint", pa.string()),
     ("class_pixels", pa.list_(pa.int64())), ("extra", pa.string()),
+    ("listed", pa.string()),  # the record file's "size:tag" when it was read (null: an older index)
 ], metadata={"pseudolabel_done_index": INDEX_VERSION})
-_TYPED = [f.name for f in _SCHEMA if f.name != "extra"]
+_TYPED = [f.name for f in _SCHEMA if f.name not in ("extra", "listed")]
 
 
 class DoneIndex:
@@ -49,6 +55,7 @@ class DoneIndex:
         self._names: Optional[set[str]] = None
         self.changed = False  # differs from the stored index
         self.records_read = 0  # records fetched one by one because the index lacked them
+        self.unreadable: dict[str, str] = {}  # listed records that do not parse: name -> why
 
     @property
     def names(self) -> set[str]:
@@ -69,13 +76,24 @@ class DoneIndex:
         """One record dict per shard (made on the fly from the columns)."""
         for row in self.table.to_pylist():
             extra = json.loads(row.pop("extra") or "{}")
+            row.pop("listed", None)
             yield {**extra, **row}
 
     def restrict(self, names: Iterable[str]) -> "DoneIndex":
-        wanted = pa.array(sorted(set(names)), pa.string())
+        keep = set(names)
+        wanted = pa.array(sorted(keep), pa.string())
         mask = pc.is_in(self.table.column("shard"), value_set=wanted)
         out = DoneIndex(self.table.filter(mask))
         out.changed, out.records_read = self.changed, self.records_read
+        out.unreadable = {n: why for n, why in self.unreadable.items() if n in keep}
+        return out
+
+    def without(self, names: Iterable[str]) -> "DoneIndex":
+        """These records dropped (shards about to be relabeled)."""
+        drop = pa.array(sorted(set(names)), pa.string())
+        mask = pc.invert(pc.is_in(self.table.column("shard"), value_set=drop))
+        out = DoneIndex(self.table.filter(mask))
+        out.changed, out.records_read, out.unreadable = self.changed, self.records_read, dict(self.unreadable)
         return out
 
     def totals(self) -> tuple[int, int, int]:
@@ -91,32 +109,79 @@ class DoneIndex:
         self.changed = False
 
 
-def load_done_index(storage: Storage) -> DoneIndex:
-    """Every completion record under `storage` (see the module doc for the requests it makes)."""
-    # Workers write records from other processes: a listing fsspec cached earlier would miss them.
-    storage.fs.invalidate_cache(storage.path(DONE_DIR))
-    listed = {shard_name(n, DONE_SUFFIX) for n in storage.listdir(DONE_DIR) if n.endswith(DONE_SUFFIX)}
+def load_done_index(storage: Storage, listed: Optional[dict[str, str]] = None) -> DoneIndex:
+    """Every completion record under `storage` (see the module doc for the requests it makes).
+    `listed`: the `_done/` listing (name -> stamp) when the caller already has one."""
+    if listed is None:
+        listed = list_records(storage)
     cached = _read_index(storage)
     stale = 0
     if cached.num_rows:
-        keep = pc.is_in(cached.column("shard"), value_set=pa.array(sorted(listed), pa.string()))
-        stale = cached.num_rows - int(pc.sum(keep).as_py() or 0)
-        cached = cached.filter(keep)  # a record removed since (relabel that shard): gone from the index
+        names = cached.column("shard").to_pylist()
+        stamps = cached.column("listed").to_pylist()
+        # Kept: rows whose record is still listed with the stamp it had when read (an older index
+        # without stamps adopts the current ones). A record removed since (relabel that shard) or
+        # rewritten since (relabeled, edited, truncated) leaves the index and is read again.
+        keep = [n in listed and (s is None or s == listed[n]) for n, s in zip(names, stamps)]
+        stale = len(keep) - sum(keep)
+        adopted = sum(1 for n, s, k in zip(names, stamps, keep) if k and s is None)
+        cached = cached.filter(pa.array(keep, pa.bool_()))
+        if adopted:
+            cached = cached.set_column(cached.schema.get_field_index("listed"), "listed",
+                                       pa.array([listed[n] for n in cached.column("shard").to_pylist()],
+                                                pa.string()))
+            stale += adopted  # not stale, but the index changed: save it with the stamps
     have = set(cached.column("shard").to_pylist())
-    missing = sorted(listed - have)
-    docs = read_records(storage, missing)
-    index = DoneIndex(pa.concat_tables([cached, records_table(docs)]) if docs else cached)
+    missing = sorted(set(listed) - have)
+    unreadable: dict[str, str] = {}
+    docs = _read_named(storage, missing, unreadable)
+    table = records_table([d for _, d in docs], [listed[n] for n, _ in docs])
+    index = DoneIndex(pa.concat_tables([cached, table]) if docs else cached)
     index.changed = bool(docs) or stale > 0
     index.records_read = len(missing)
+    index.unreadable = unreadable
     if missing or stale:
         log.info("completion records: %d listed, %d from the index, %d read, %d dropped from the index",
                  len(listed), len(have), len(missing), stale)
+    for name, why in sorted(unreadable.items())[:5]:
+        log.warning("completion record of shard %s does not check (%s): the shard is not complete", name, why)
     return index
+
+
+def list_records(storage: Storage) -> dict[str, str]:
+    """`_done/` in one (paginated) listing: shard name -> "size:ETag-or-mtime" of its record."""
+    from pipeline.run.shard_identity import identity_of
+
+    # Workers write records from other processes: a listing fsspec cached earlier would miss them.
+    storage.fs.invalidate_cache(storage.path(DONE_DIR))
+    try:
+        entries = storage.fs.ls(storage.path(DONE_DIR), detail=True)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for e in entries:
+        base = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(DONE_SUFFIX) and e.get("type", "file") != "directory":
+            size, tag = identity_of(e)
+            out[shard_name(base, DONE_SUFFIX)] = f"{size}:{tag}"
+    return out
 
 
 def read_records(storage: Storage, names: list[str]) -> list[dict[str, Any]]:
     """The records of `names`, read concurrently in one batched call; a record deleted meanwhile
     is skipped, an unparsable one is a UserError naming it."""
+    bad: dict[str, str] = {}
+    docs = [d for _, d in _read_named(storage, names, bad)]
+    if bad:
+        name, why = sorted(bad.items())[0]
+        raise UserError(f"{storage.path(done_path(name))} is not a valid completion record ({why}); "
+                        "`pseudolabel run` relabels that shard")
+    return docs
+
+
+def _read_named(storage: Storage, names: list[str], bad: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, record) of `names`, read in one batched call; a record that does not parse, or that
+    names another shard, goes to `bad` (name -> why) instead; one deleted meanwhile is skipped."""
     if not names:
         return []
     paths = [storage.path(done_path(n)) for n in names]
@@ -132,10 +197,13 @@ def read_records(storage: Storage, names: list[str]) -> list[dict[str, Any]]:
             doc = json.loads(blob)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
-            raise UserError(f"{storage.path(done_path(name))} is not a valid completion record ({exc}); "
-                            "delete it to relabel that shard") from exc
-        docs.append(doc)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad[name] = f"unreadable: {str(exc)[:120]}"
+            continue
+        if doc.get("shard") != name:
+            bad[name] = f"names shard {doc.get('shard')!r}"
+            continue
+        docs.append((name, doc))
     return docs
 
 
@@ -148,8 +216,9 @@ def _strip_protocol_get(blobs: dict[str, bytes], path: str) -> Optional[bytes]:
     return None
 
 
-def records_table(docs: list[dict[str, Any]]) -> pa.Table:
+def records_table(docs: list[dict[str, Any]], stamps: Optional[list[Optional[str]]] = None) -> pa.Table:
     cols: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
+    cols["listed"] = list(stamps) if stamps is not None else [None] * len(docs)
     for doc in docs:
         for name in _TYPED:
             value = doc.get(name)
@@ -175,6 +244,8 @@ def _read_index(storage: Storage) -> pa.Table:
         return _SCHEMA.empty_table()
     if (table.schema.metadata or {}).get(b"pseudolabel_done_index") != INDEX_VERSION.encode():
         return _SCHEMA.empty_table()
+    if "listed" not in table.column_names:  # an index written before stamps: adopts the listing's
+        table = table.append_column("listed", pa.nulls(table.num_rows, pa.string()))
     try:
         return table.select(_SCHEMA.names).cast(_SCHEMA)
     except (KeyError, pa.ArrowException):

@@ -161,7 +161,8 @@ class ShardLabeler:
             raise
         result.members, result.skipped_members = report.members, dict(report.skipped)
         result.keys_sha256 = keys_digest(r.key for r in rows)
-        write_manifest(self.storage, manifest_path(shard.name), rows)
+        result.mask_bytes = tar.bytes  # sizes of the committed files: a listing then shows damage
+        result.manifest_bytes = write_manifest(self.storage, manifest_path(shard.name), rows)
         if report.failure:
             result.status, result.failure = FAILED, report.failure
         self._finish(result, t0)

@@ -5,6 +5,11 @@
 `--max-failure-rate` judges, so a re-run with nothing to do exits 0) and `dataset` (every
 complete shard of INPUT, earlier runs included). The file stays small whatever the corpus size:
 per-shard lists are capped (`FAILED_SHARDS_LISTED`), the rest are counts.
+
+The counts are taken from what is on disk at the end of the run, not from the results the
+workers reported: a shard is complete exactly when its completion record exists and checks
+(pipeline.run.shard_check). A shard whose result was lost but whose record was committed counts
+as labeled; one reported done whose record is missing or does not check counts as failed.
 """
 from __future__ import annotations
 
@@ -48,6 +53,18 @@ class RunSummary:
     skipped_members: dict[str, int] = field(default_factory=dict)  # this run's complete shards
     dataset_members: int = 0  # every complete shard
     dataset_skipped_members: dict[str, int] = field(default_factory=dict)
+    # Shards whose completion record did not check at the start (input changed, files damaged):
+    # relabeled by this run. Reason kind (pipeline.run.shard_check.REASONS) -> shards.
+    relabeled: dict[str, int] = field(default_factory=dict)
+    relabeled_shards: list[dict[str, str]] = field(default_factory=list)  # first FAILED_SHARDS_LISTED
+
+    @property
+    def changed_inputs(self) -> int:
+        return self.relabeled.get("input_changed", 0)
+
+    @property
+    def damaged_shards(self) -> int:
+        return sum(n for k, n in self.relabeled.items() if k != "input_changed")
 
     @property
     def sample_failure_rate(self) -> float:
@@ -73,33 +90,58 @@ class RunSummary:
         return self.shard_failure_rate > max_failure_rate or self.sample_failure_rate > max_failure_rate
 
 
-def summarize(input_spec: str, output: str, shards_total: int, records: Any, results: RunTally,
-              dataset: Optional[DatasetMeta]) -> RunSummary:
-    """Dataset totals from the records before this run plus this run's tally (no per-shard results)."""
-    s = RunSummary(input=input_spec, output=output, shards_total=shards_total, shards_skipped=len(records))
-    s.images_ok, s.images_failed = results.ok, results.errors
-    s.error_kinds, s.conversions = dict(results.error_kinds), dict(results.conversions)
-    s.shards_labeled = results.shards_complete
-    class_pixels = list(results.class_pixels)
-    s.dataset_images_ok, s.dataset_images_failed = results.ok, results.errors
-    s.members, s.skipped_members = getattr(results, "members", 0), dict(getattr(results, "skipped_members", {}))
-    s.dataset_members, s.dataset_skipped_members = s.members, dict(s.skipped_members)
-    s.dataset_shards_complete = len(records) + results.shards_complete
-    for r in records.values():
-        s.dataset_images_ok += int(r.get("ok", 0))
-        s.dataset_images_failed += int(r.get("errors", 0))
+def summarize(input_spec: str, output: str, shards_total: int, complete: Any, results: RunTally,
+              dataset: Optional[DatasetMeta], *, pending: Iterable[str] = (), skipped: Optional[int] = None,
+              made: Any = None) -> RunSummary:
+    """Totals from the completion records on disk at the end of the run (`complete`: every planned
+    shard whose record checks; `made`: those of them this run labeled, i.e. among `pending`), and
+    from this run's tally only what no record holds (why a shard failed)."""
+    made = made if made is not None else complete.restrict(pending)
+    s = RunSummary(input=input_spec, output=output, shards_total=shards_total,
+                   shards_skipped=len(complete) - len(made) if skipped is None else skipped)
+    class_pixels: list[int] = []
+    for r in made.values():  # this run: the records it committed
+        s.images_ok += int(r.get("ok") or 0)
+        s.images_failed += int(r.get("errors") or 0)
+        s.members += int(r.get("members") or 0)
+        add_counts(s.skipped_members, r.get("skipped_members") or {})
+        add_counts(s.error_kinds, r.get("error_kinds") or {})
+        add_counts(s.conversions, r.get("conversions") or {})
+    s.shards_labeled = len(made)
+    for r in complete.values():  # the dataset: every complete shard of INPUT
+        s.dataset_images_ok += int(r.get("ok") or 0)
+        s.dataset_images_failed += int(r.get("errors") or 0)
         s.dataset_members += int(r.get("members") or 0)
         add_counts(s.dataset_skipped_members, r.get("skipped_members") or {})
         _add_pixels(class_pixels, r.get("class_pixels") or [])
         s.dataset_shards_failed += r.get("status") == ShardStatus.FAILED
-    for f in results.failed:
-        s.shards_failed += 1
-        s.dataset_shards_failed += f.status == ShardStatus.FAILED
-        if len(s.failed_shards) < FAILED_SHARDS_LISTED:
-            s.failed_shards.append({"shard": f.shard, "source": f.source, "status": str(f.status),
-                                    "reason": f.failure})
+    s.dataset_shards_complete = len(complete)
+    _fold_failures(s, pending, made, results)
     s.class_pixel_share = _class_share(class_pixels, dataset)
     return s
+
+
+def _fold_failures(s: RunSummary, pending: Iterable[str], made: Any, results: RunTally) -> None:
+    """This run's failed shards: complete but failed part way (status failed on disk), or handed
+    out and without a record that checks, with the reason the tally has (else: the record's absence)."""
+    reasons = {f.shard: f for f in results.failed}
+    for r in made.values():
+        if r.get("status") == ShardStatus.FAILED:
+            _add_failed(s, str(r.get("shard")), str(r.get("source") or ""), str(ShardStatus.FAILED), r.get("failure"))
+    for name in pending:
+        if name in made:
+            continue
+        f = reasons.get(name)
+        if f is not None:
+            _add_failed(s, name, f.source, str(f.status), f.failure)
+        else:  # reported complete, yet its record is missing or does not check at the end
+            _add_failed(s, name, "", str(ShardStatus.CRASHED), "no completion record that checks after the run")
+
+
+def _add_failed(s: RunSummary, shard: str, source: str, status: str, reason: Any) -> None:
+    s.shards_failed += 1
+    if len(s.failed_shards) < FAILED_SHARDS_LISTED:
+        s.failed_shards.append({"shard": shard, "source": source, "status": status, "reason": reason})
 
 
 def stats_doc(s: RunSummary) -> dict[str, Any]:
@@ -107,7 +149,8 @@ def stats_doc(s: RunSummary) -> dict[str, Any]:
     d = asdict(s)
     this_run = {k: d[k] for k in ("shards_pending", "shards_labeled", "shards_skipped", "shards_failed",
                                   "failed_shards", "images_ok", "images_failed", "error_kinds", "conversions",
-                                  "members", "skipped_members", "seconds", "labeling_seconds", "images_per_s")}
+                                  "members", "skipped_members", "seconds", "labeling_seconds", "images_per_s",
+                                  "relabeled", "relabeled_shards")}
     this_run.update(sample_failure_rate=round(s.sample_failure_rate, 6),
                     shard_failure_rate=round(s.shard_failure_rate, 6),
                     failed_shards_listed=len(s.failed_shards))

@@ -34,6 +34,7 @@ from pipeline.errors import UserError
 from pipeline.io import layout
 from pipeline.io.output_dir import OutputDir
 from pipeline.io.shards import ShardSpec, expand_input
+from pipeline.run.shard_check import input_identities
 from pipeline.run.shard_identity import identity_of
 from pipeline.run.verify_report import KINDS, MAX_STORED_PROBLEMS, Problem, ShardCheck, VerifyReport  # noqa: F401
 from pipeline.run.verify_shard import _check_shard, _read_dataset_json, input_keys  # noqa: F401
@@ -137,25 +138,9 @@ def _listing(out: OutputDir, folder: str, suffix: str) -> dict[str, str]:
 
 
 def _input_identities(specs: list[ShardSpec], storage_options: Optional[dict[str, Any]]) -> dict[str, tuple]:
-    """Input URL -> (size, etag) from one listing per input folder (no per-shard request)."""
-    import fsspec
-
-    by_dir: dict[str, list[ShardSpec]] = {}
-    for spec in specs:
-        if not spec.url.startswith("pipe:"):
-            by_dir.setdefault(posixpath.dirname(spec.url), []).append(spec)
-    out: dict[str, tuple] = {}
-    for folder, members in by_dir.items():
-        try:
-            fs, path = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
-            listing = {posixpath.basename(str(e["name"])): identity_of(e) for e in fs.ls(path, detail=True)}
-        except (OSError, ValueError) as exc:
-            log.warning("cannot list %s for input sizes: %s", folder, exc)
-            continue
-        for spec in members:
-            if posixpath.basename(spec.url) in listing:
-                out[spec.url] = listing[posixpath.basename(spec.url)]
-    return out
+    """Input URL -> (size, etag) from one listing per input folder (no per-shard request); the
+    same listing `run` compares its records against (pipeline.run.shard_check)."""
+    return input_identities(specs, storage_options)
 
 
 def _read_verified(out: OutputDir) -> dict[str, str]:

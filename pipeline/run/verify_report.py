@@ -28,6 +28,10 @@ KINDS: dict[str, str] = {
     "accounting": "a completion record's member counts do not add up (members - skipped < samples)",
 }
 
+# Problems about one shard's own files or input: `run --repair` relabels such a shard.
+REPAIRABLE = frozenset(KINDS) - {"missing_shard", "unexpected_shard", "bad_dataset_json", "unreadable_input",
+                                 "empty_output"}
+
 MAX_STORED_PROBLEMS = 1000  # per run; counts stay exact beyond this
 
 
@@ -125,6 +129,9 @@ class VerifyReport:
             lines.append(f"  problems: {total} ({by_kind})")
             lines.append(f"  first {min(first, len(self.problems))}:")
             lines.extend(f"    {p}" for p in self.problems[:first])
+            if any(k in REPAIRABLE for k in self.counts):
+                lines.append(f"  to relabel the shards with problems (no hand deletion): pseudolabel run "
+                             f"{self.input_spec or 'INPUT'} {self.output_url} --repair (with the run's config)")
         lines.append(verdict)
         return "\n".join(lines)
 
