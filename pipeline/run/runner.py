@@ -30,6 +30,9 @@ from pipeline.identity import Identity, IdentityMismatch, mismatch_message
 from pipeline.run.preflight import Preflight, preflight
 from pipeline.run.startup import setup_workers
 from pipeline.run.summary import DEFAULT_MAX_SAMPLE_FAILURE, RunSummary, stats_doc, summarize  # noqa: F401 (re-exported)
+from pipeline.run.summary import FAILED_SHARDS_LISTED
+from pipeline.run.shard_check import describe as describe_relabel, forget_records, plan_relabel
+from pipeline.run.shard_check import end_check as cheap_relabel_check
 from pipeline.errors import UserError
 from pipeline.run.placement import cpus_per_gpu_actor
 from pipeline.run.lock import LockHeldError
@@ -65,9 +68,12 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
                  ray_address: Optional[str] = None, progress: Optional[Progress] = None,
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
                  break_lock: bool = False, lock_stale_after_s: Optional[float] = None,
-                 fault_factory: Optional[FaultFactory] = None, allow_pipe: bool = False) -> RunSummary:
+                 fault_factory: Optional[FaultFactory] = None, allow_pipe: bool = False,
+                 repair: bool = False) -> RunSummary:
     """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
     `fault_factory` (tests) builds a hook in each worker that sees its progress (pipeline.run.actor).
+    `repair` (--repair): also relabel shards whose files fail the checks that need them read
+    (pipeline.run.shard_check); every run relabels those whose record fails the cheap check.
 
     The whole run holds OUTPUT/_lock.json (`break_lock`, `lock_stale_after_s`: see
     `pipeline.run.lock.RunLock`); when another run takes it over, no more shards are handed out
@@ -78,12 +84,14 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
     with out.locked(break_lock=break_lock, stale_after_s=lock_stale_after_s) as lock:
         return _run_locked(input_spec, pre, out, cfg, overwrite=overwrite, ray_address=ray_address,
                            progress=progress or Progress(), engine_factory=engine_factory,
-                           log_level=log_level, lock_lost=lock.lost, fault_factory=fault_factory)
+                           log_level=log_level, lock_lost=lock.lost, fault_factory=fault_factory,
+                           repair=repair)
 
 
 def _run_locked(input_spec: str, pre: Preflight, storage: OutputDir, cfg: Config, *, overwrite: bool, ray_address: Optional[str],
                 progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
-                lock_lost: threading.Event, fault_factory: Optional[FaultFactory] = None) -> RunSummary:
+                lock_lost: threading.Event, fault_factory: Optional[FaultFactory] = None,
+                repair: bool = False) -> RunSummary:
     t0 = time.monotonic()
     output = storage.root
     shards = pre.shards
@@ -92,10 +100,17 @@ def _run_locked(input_spec: str, pre: Preflight, storage: OutputDir, cfg: Config
     _check_compatible(dataset, records, pre.identity, output, overwrite)
     if overwrite and (dataset is not None or records):
         _clear_outputs(storage)
-        dataset, records = None, {}
+        dataset, records = None, DoneIndex()
+    # A record that does not check (changed input, damaged files) is not complete: removed first,
+    # then its shard is labeled like any other (pipeline.run.shard_check).
+    relabel, inputs = plan_relabel(storage, shards, records, cfg.io.storage_options, repair)
+    if relabel:
+        forget_records(storage, relabel.names)
+        records = records.without(relabel.names)
     storage.clean_tmp()
     pending = [s for s in shards if s.name not in records]
-    log.info("%d shards in %s: %d complete, %d to label", len(shards), input_spec, len(records), len(pending))
+    log.info("%d shards in %s: %d complete, %d to label%s", len(shards), input_spec, len(records), len(pending),
+             f" ({describe_relabel(relabel)} relabeled)" if relabel else "")
     progress.start(len(pending), len(records))
     results = RunTally()
     label_seconds = 0.0
@@ -112,9 +127,13 @@ def _run_locked(input_spec: str, pre: Preflight, storage: OutputDir, cfg: Config
         if lock_lost.is_set():
             # Another run owns OUTPUT now: leave _stats.json to it.
             raise LockHeldError(f"lost the lock on {output} to another run; stopped handing out shards")
-    _refresh_done_index(storage)
-    summary = summarize(input_spec, output, len(shards), records, results, dataset)
+    complete = _complete_at_end(storage, shards, inputs)
+    summary = summarize(input_spec, output, len(shards), complete, results, dataset,
+                        pending={s.name for s in pending}, skipped=len(records))
     summary.shards_pending = len(pending)
+    summary.relabeled = relabel.counts()
+    summary.relabeled_shards = [{"shard": n, "reason": k, "detail": d}
+                                for n, (k, d) in sorted(relabel.shards.items())[:FAILED_SHARDS_LISTED]]
     summary.seconds = round(time.monotonic() - t0, 3)
     summary.labeling_seconds = round(label_seconds, 3)
     if label_seconds > 0:
@@ -140,25 +159,39 @@ class RunPlan:
     model: str
     overwrite: bool
     pipe_commands: list[str] = field(default_factory=list)  # shell commands of the shards to label (--allow-pipe)
+    # Recorded shards relabeled because their record does not check (pipeline.run.shard_check):
+    relabel: dict[str, int] = field(default_factory=dict)  # reason kind -> shards
+    changed: list[str] = field(default_factory=list)  # input changed since labeled, first PLAN_NAMES_LISTED
+    damaged: list[str] = field(default_factory=list)  # record or files damaged, first PLAN_NAMES_LISTED
+    repair: bool = False
 
 
 PLAN_NAMES_LISTED = 20
 
 
 def plan_run(input_spec: str, output: str, cfg: Config, *, overwrite: bool = False,
-             allow_pipe: bool = False) -> RunPlan:
+             allow_pipe: bool = False, repair: bool = False) -> RunPlan:
     """The same checks as `run_pipeline` up to the point where it would start Ray, read-only."""
     pre = preflight(input_spec, output, cfg, allow_pipe=allow_pipe)
     storage = OutputDir(output, cfg.io.storage_options)
     dataset = _read_dataset(storage)
     records = load_done_index(storage).restrict(s.name for s in pre.shards)  # not saved: read-only
     _check_compatible(dataset, records, pre.identity, output, overwrite)
-    skip = set() if overwrite else records.names
+    relabel = plan_relabel(storage, pre.shards, records, cfg.io.storage_options, repair)[0] if not overwrite else None
+    skip = set() if relabel is None else records.names - relabel.names
     pending = [s.name for s in pre.shards if s.name not in skip]
     model = cfg.model.student or f"{cfg.model.name} / {pre.identity.sources.get('model.pretrained')}"
     return RunPlan(input_spec, output, len(pre.shards), pending[:PLAN_NAMES_LISTED], len(pending),
                    len(pre.shards) - len(pending), pre.identity.fingerprint, pre.identity.weights, str(model),
-                   overwrite, _pipe_commands(pre.shards, set(pending)))
+                   overwrite, _pipe_commands(pre.shards, set(pending)), **_relabel_fields(relabel, repair))
+
+
+def _relabel_fields(relabel: Any, repair: bool) -> dict[str, Any]:
+    if relabel is None:
+        return {"repair": repair}
+    damaged = sorted(n for n, (k, _) in relabel.shards.items() if k != "input_changed")[:PLAN_NAMES_LISTED]
+    return {"relabel": relabel.counts(), "changed": relabel.listed("input_changed")[:PLAN_NAMES_LISTED],
+            "damaged": damaged, "repair": repair}
 
 
 def _pipe_commands(shards: list[ShardSpec], pending: set[str]) -> list[str]:
@@ -173,6 +206,17 @@ def _done_records(storage: Storage, shards: list[ShardSpec]) -> DoneIndex:
     if index.changed:
         index.save(storage)  # the next resume reads none of them again
     return index.restrict(s.name for s in shards)
+
+
+def _complete_at_end(storage: OutputDir, shards: list[ShardSpec], inputs: dict[str, Any]) -> DoneIndex:
+    """The planned shards complete on disk now: their record exists and passes the cheap check
+    (one listing of OUTPUT; the index is refreshed with the records this run wrote)."""
+    records = _done_records(storage, shards)
+    bad, _ = cheap_relabel_check(storage, shards, records, inputs)
+    for name, (kind, detail) in sorted(bad.shards.items())[:5]:
+        log.warning("shard %s: its completion record does not check after the run (%s: %s); not complete",
+                    name, kind, detail)
+    return records.without(bad.names) if bad else records
 
 
 def _refresh_done_index(storage: Storage) -> None:
