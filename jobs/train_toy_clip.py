@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "state.pt"
-    state = torch.load(state_path, map_location="cpu", weights_only=False) if args.resume and state_path.exists() else None
+    # weights_only: the state is tensors and plain values; a pickle that would run code is refused
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if args.resume and state_path.exists() else None
     train(resolve_config(args, state), args.out, state)
     return 0
 

@@ -42,6 +42,9 @@ class ModelConfig:
     # A student of `pseudolabel train` (DIR/student.pt) labels instead of CLIP: a second, cheaper
     # labeling round. Its classes are the ones it was trained on; vocabulary.* and method.* are unused.
     student: Optional[str] = None
+    # Read TorchScript checkpoints (OpenAI's original release format). They hold code, which torch
+    # runs while loading them: only for files whose author you trust (docs/security.md).
+    allow_torchscript: bool = False
 
 
 @dataclass

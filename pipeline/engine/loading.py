@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -106,7 +108,7 @@ def _load_local(path: Path, cfg: ModelConfig) -> tuple[nn.Module, str]:
 
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist; model.pretrained is a file path or an open_clip tag")
-    state, scripted = _read_state_dict(path)
+    state, scripted = _read_state_dict(path, cfg.allow_torchscript)
     fmt = cfg.format
     if fmt == "auto":
         fmt = "openai" if scripted or not _fits(state, cfg.name) else "open_clip"
@@ -141,8 +143,10 @@ def _fits(state: dict[str, torch.Tensor], name: str) -> bool:
     return reference.keys() == state.keys() and all(reference[k].shape == state[k].shape for k in state)
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """The state dict, and whether it came from a TorchScript archive (OpenAI's released format)."""
+def _read_state_dict(path: Path, allow_torchscript: bool = False) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict, and whether it came from a TorchScript archive (OpenAI's released format).
+    Checkpoints are data: `weights_only` refuses a pickle that would run code, and TorchScript
+    (code by design, outside that guarantee) is read only with `model.allow_torchscript`."""
     scripted = False
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -151,7 +155,19 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError:
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f"it refers to {found.group(1)}" if found else "it holds objects other than tensors"
+            raise ModelLoadError(f"checkpoint {path} is not plain tensor data ({what}); refusing to load it, "
+                                 "since unpickling it could run code") from None
+        except RuntimeError as exc:
+            if not _is_torchscript(path):
+                raise ModelLoadError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+            if not allow_torchscript:
+                raise ModelLoadError(
+                    f"checkpoint {path} is a TorchScript archive, which holds code; load it only if you trust its "
+                    "author: --set model.allow_torchscript=true (or convert it once to a state dict / .safetensors)"
+                ) from None
             # OpenAI's released checkpoints are TorchScript archives.
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
             scripted = True
@@ -160,6 +176,17 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path} holds no state dict (got {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items()}, scripted
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip holding `constants.pkl` (torch.load's own test for one)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _check_supported(model: nn.Module, name: str) -> None:

@@ -32,7 +32,9 @@ def preflight(input_spec: str, output: str, cfg: Config, *, allow_pipe: bool = F
     check_output(output)
     shards = expand_input(input_spec, cfg.io.storage_options, allow_pipe=allow_pipe)
     check_local_shards(input_spec, shards)
-    return Preflight(shards, resolve_identity(cfg))
+    identity = resolve_identity(cfg)
+    check_checkpoints(cfg)
+    return Preflight(shards, identity)
 
 
 def local_path(url: str) -> Optional[Path]:
@@ -60,6 +62,45 @@ def check_output(output: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"OUTPUT {output} cannot be created: {parent} is not a writable directory")
+
+
+def check_checkpoints(cfg: Config) -> None:
+    """Refuse, before Ray starts, a local checkpoint whose pickle names anything but tensors and
+    plain values (it would run code on every worker), or a TorchScript archive without
+    `model.allow_torchscript`. Reads the pickle's opcodes only, not the tensors. The workers load
+    with `weights_only` all the same; this gives the one-line error early (docs/security.md)."""
+    from pipeline.engine.loading import CHECKPOINT_SUFFIXES
+
+    files = []
+    if cfg.model.student:
+        student = Path(cfg.model.student).expanduser()
+        files.append(("model.student", student / "student.pt" if student.is_dir() else student))
+    else:
+        pretrained = Path(cfg.model.pretrained).expanduser()
+        if pretrained.suffix in CHECKPOINT_SUFFIXES and pretrained.suffix != ".safetensors":
+            files.append(("model.pretrained", pretrained))
+    for key, path in files:
+        if path.is_file():
+            _check_pickle(key, path, cfg.model.allow_torchscript)
+
+
+def _check_pickle(key: str, path: Path, allow_torchscript: bool) -> None:
+    import zipfile
+
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        unsafe = get_unsafe_globals_in_checkpoint(str(path))
+    except ValueError as exc:  # a TorchScript archive, or the legacy (non-zip) format
+        if "torchscript" in str(exc) and not allow_torchscript:
+            raise UserError(f"{key} {path} is a TorchScript archive, which holds code; load it only if you trust "
+                            "its author: --set model.allow_torchscript=true") from None
+        return  # legacy format: the workers' weights_only load refuses any code in it
+    except (OSError, RuntimeError, zipfile.BadZipFile):
+        return  # unreadable: the load reports it where it happens
+    if unsafe:
+        raise UserError(f"{key} {path} is not plain tensor data (it refers to {', '.join(unsafe[:3])}); refusing "
+                        "to load it, since unpickling it could run code on every worker")
 
 
 def check_local_shards(input_spec: str, shards: list[ShardSpec]) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.errors import UserError
-from pipeline.student.checkpoint import CHECKPOINT_FILE, atomic_save, machine_info, save_student
+from pipeline.student.checkpoint import CHECKPOINT_FILE, atomic_save, load_data, machine_info, save_student
 from pipeline.student.config import StudentConfig
 from pipeline.student.loss import class_weights, confidence_loss
 from pipeline.student.model import build_student, normalize
@@ -136,7 +136,7 @@ def _step(model, opt, cfg: StudentConfig, step: int, image, label, conf, ignore_
 
 def _load_checkpoint(path: Path, cfg: StudentConfig, model, opt) -> dict[str, Any]:
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = load_data(path, "checkpoint")  # data only: a pickle that would run code is refused
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc}; delete it to start over") from exc
     if blob.get("recipe") != cfg.to_dict():

@@ -80,7 +80,7 @@ def test_two_steps_then_resume(job, tmp_path):
     best = job.train(cfg, tmp_path, None)
     assert (tmp_path / "toyclip-step2.pt").is_file() and (tmp_path / "state.pt").is_file()
     assert 0.0 <= best <= 1.0
-    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # what --resume reads (plain data)
     cfg2 = job.TrainConfig(**{**state["config"], "steps": 3})
     job.train(cfg2, tmp_path, state)
     assert (tmp_path / "toyclip-step3.pt").is_file()
