@@ -199,7 +199,8 @@ def cheap_check(records: Any, listing: OutputListing, specs: dict[str, ShardSpec
 
 def deep_check(storage: Any, names: Iterable[str], listing: OutputListing, workers: int = 8) -> Relabel:
     """`run --repair`: verify's checks of each shard that need its files read (its record, manifest
-    and mask tar; never the input). `storage` is an OutputDir."""
+    and mask tar with every PNG decoded, as `verify` does; never the input). `storage` is an
+    OutputDir. As costly as `verify` itself: an explicit request, never part of a plain run."""
     from pipeline.run.verify_shard import _check_shard, _read_dataset_json
 
     info, _ = _read_dataset_json(storage)
@@ -208,7 +209,7 @@ def deep_check(storage: Any, names: Iterable[str], listing: OutputListing, worke
     def check(name: str) -> tuple[str, Any]:
         has = (name in listing.manifests, name in listing.masks, True)
         return name, _check_shard(storage, name, None, False, info, has=has, storage_options=storage.storage_options,
-                                  decode=False, deep=False)
+                                  decode=True, deep=False)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for name, result in pool.map(check, sorted(names)):
