@@ -1,8 +1,11 @@
-"""`pseudolabel export OUTPUT DEST --format mmseg|voc|hf`: an output as folders or a dataset trainers read.
+"""`pseudolabel export OUTPUT DEST --format mmseg|voc|hf|cvat`: an output as folders or a dataset
+trainers read, or the least confident samples for people to correct (cvat, with --lowest N).
 
-Images are copied byte for byte; labels become palette PNGs (value = class index, 255 = ignore,
-which also marks pixels below --min-confidence). Samples are chosen with the training loader's
-SampleFilter (--min-mean-confidence, --require, --exclude).
+Images are the pixels the labeler saw (EXIF orientation applied, RGB), one suffix per export
+(--image-format jpg|png; baseline RGB JPEGs are copied as they are); labels become palette PNGs
+(value = class index, 255 = ignore, which also marks pixels below --min-confidence). Samples are
+chosen with the training loader's SampleFilter (--min-mean-confidence, --require, --exclude).
+docs/exports.md: each format, how to load it, what is tested.
 """
 from __future__ import annotations
 
@@ -12,7 +15,13 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="output directory of `pseudolabel run`")
     parser.add_argument("dest", metavar="DEST", help="export folder (new or empty, unless --overwrite)")
-    parser.add_argument("--format", required=True, choices=("mmseg", "voc", "hf"), help="target layout")
+    parser.add_argument("--format", required=True, choices=("mmseg", "voc", "hf", "cvat"),
+                        help="target layout (cvat: CVAT 'Segmentation mask 1.1' of the --lowest N samples)")
+    parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
+                        help="one suffix for every image: jpg (JPEG sources copied when they need no change, "
+                             "others re-encoded at quality 95) or png (lossless); default jpg")
+    parser.add_argument("--lowest", type=int, metavar="N",
+                        help="only the N samples of lowest mean confidence (the review loop; required by cvat)")
     parser.add_argument("--min-confidence", type=float, default=0.0,
                         help="pixels whose confidence is below this become the ignore index 255")
     parser.add_argument("--min-mean-confidence", type=float, default=0.0, help="drop samples below this mean confidence")
@@ -32,8 +41,11 @@ def main(args: argparse.Namespace) -> int:
                                  excluded_classes=args.exclude)
     summary = export_output(args.output, args.dest, args.format, sample_filter=sample_filter,
                             min_confidence=args.min_confidence, val_share=args.val_share,
-                            images_root=args.images_root, overwrite=args.overwrite)
+                            images_root=args.images_root, overwrite=args.overwrite,
+                            image_format=args.image_format, lowest=args.lowest)
     splits = ", ".join(f"{k} {v}" for k, v in summary.samples.items()) or "no sample"
-    skipped = f"; skipped {summary.skipped}" if summary.skipped else ""
-    print(f"exported {splits} samples to {summary.dest} ({summary.format}){skipped}")
+    print(f"exported {splits} samples to {summary.dest} ({summary.format}, images {summary.image_suffixes[0]}: "
+          f"{summary.copied} copied, {summary.reencoded} re-encoded as the labeler saw them)")
+    for line in summary.describe_skipped():
+        print(f"  skipped {line}")
     return 0

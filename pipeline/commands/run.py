@@ -61,6 +61,10 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
+        packed = _packed_input(args, cfg)
+        if packed is None:  # --dry-run on a folder never packed: the plan is "pack, then label all"
+            return 0
+        args.input = packed
         if args.dry_run:
             return _dry_run(args, cfg)
         return _run(args, cfg)
@@ -71,6 +75,28 @@ def main(args: argparse.Namespace) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         raise UserError(f"file system error{where}: {exc.strerror or exc} (nothing of it was committed; "
                         "fix it and re-run the same command to resume)") from exc
+
+
+def _packed_input(args: argparse.Namespace, cfg: Any) -> Optional[str]:
+    """INPUT as shards: a local folder of photos (no shard in it) is packed first, its new photos
+    only, into OUTPUT/_input (pipeline.io.pack), so `run photos/ out/` works and a re-run on a
+    grown folder labels only what is new."""
+    from pipeline.io.pack import is_photo_folder, pack_for_run
+
+    if not is_photo_folder(args.input):
+        return args.input
+    from pipeline.commands.pack import detail_lines, summary_line
+
+    shards, result = pack_for_run(args.input, args.output, cfg.io.image_extensions, dry_run=args.dry_run)
+    verb = "would pack" if args.dry_run else "packed"
+    line = summary_line(result, shards).replace("packed", verb, 1)
+    print(f"pseudolabel run: INPUT {args.input} is a folder of photos; {line}", file=sys.stderr)
+    for detail in detail_lines(result):
+        print(f"  {detail}", file=sys.stderr)
+    if args.dry_run and not result.existing_shards:
+        print("  nothing packed yet: the run would label every one of them; nothing written, Ray not started")
+        return None
+    return shards
 
 
 def _run(args: argparse.Namespace, cfg: Any) -> int:

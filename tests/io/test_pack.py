@@ -36,11 +36,11 @@ def test_pack_names_order_case_and_determinism(tmp_path):
     ]
     by_name = dict(members)
     assert by_name["b/IMG_0002.JPG"] == files["b/IMG_0002.JPG"]
-    assert result.skipped == {"not_an_image": 1, "hidden": 1}
+    assert result.skipped == {"extension": 1, "hidden": 1}
     again = pack_folder(tmp_path / "photos", tmp_path / "out2", per_shard=3)
     assert [p.read_bytes() for p in again.shards] == [p.read_bytes() for p in result.shards]
-    with pytest.raises(UserError, match="already holds"):
-        pack_folder(tmp_path / "photos", tmp_path / "out", per_shard=3)
+    unchanged = pack_folder(tmp_path / "photos", tmp_path / "out", per_shard=3)  # nothing new: nothing written
+    assert unchanged.shards == [] and unchanged.samples == 0 and unchanged.unchanged == 4
 
 
 def test_pack_refuses_two_files_with_one_key(tmp_path):
