@@ -117,14 +117,14 @@ def image_files(root: Path, extensions: Sequence[str], left_out: dict[str, LeftO
     found: list[SourceFile] = []
     excluded = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        keep = []
-        for d in dirnames:
+        keep = []  # sorted walk: the left-out files named first are the same on every machine
+        for d in sorted(dirnames):
             if d.startswith("."):
                 left_out.setdefault("hidden", LeftOut()).add(_rel(root, dirpath, d) + "/")
             elif excluded is None or Path(dirpath, d).resolve() != excluded:
                 keep.append(d)
         dirnames[:] = keep
-        for name in filenames:
+        for name in sorted(filenames):
             reason = _reason(name, wanted)
             if reason:
                 left_out.setdefault(reason, LeftOut()).add(_rel(root, dirpath, name))

@@ -1,6 +1,8 @@
 """`pseudolabel pack`: folder -> WebDataset shards, deterministic, case kept, labeled like hand-made shards."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import webdataset as wds
 
@@ -85,3 +87,80 @@ def test_packed_shards_label_like_hand_made_ones(tmp_path, engine, tiny_cfg):
     assert len(masks["packed-000000"]) == 8  # KEY.label.png + KEY.conf.png for 4 images
     for name, data in masks["packed-000000"].items():
         assert data == masks["hand-000000"][name], name
+
+
+def _shard_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def test_pack_into_a_grown_folder_adds_only_new_files_in_new_shards(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.io.pack import pack_index
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    make_folder(photos)
+    first = pack_folder(photos, out, per_shard=3)
+    before = _shard_bytes(out)
+    (photos / "b" / "new one.jpg").write_bytes(encode(rgb_image(32, 32, 9), "JPEG"))
+    (photos / "z").mkdir()
+    (photos / "z" / "later.png").write_bytes(encode(rgb_image(32, 32, 10)))
+    grown = pack_folder(photos, out, per_shard=3)
+    assert [p.name for p in grown.shards] == ["shard-000002.tar"]  # after the highest existing number
+    assert grown.samples == 2 and grown.unchanged == 4 and first.samples == 4
+    after = _shard_bytes(out)
+    assert {k: after[k] for k in before} == before  # old shards byte-identical
+    assert [name for name, _ in iter_members(out / "shard-000002.tar")] == ["b/new one.jpg", "z/later.png"]
+    index = pq.read_table(out / "_pack" / "shard-000002.parquet").to_pylist()
+    assert [(r["key"], r["path"]) for r in index] == [("b/new one", "b/new one.jpg"), ("z/later", "z/later.png")]
+    assert pack_index(str(out / "shard-000002.tar")) == {"b/new one": str((photos / "b/new one.jpg").resolve()),
+                                                         "z/later": str((photos / "z/later.png").resolve())}
+
+
+def test_a_changed_file_is_packed_again_and_named(tmp_path, capsys):
+    from pipeline.io.pack import superseded
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    make_folder(photos)
+    pack_folder(photos, out, per_shard=10)
+    before = _shard_bytes(out)
+    (photos / "a.png").write_bytes(encode(rgb_image(48, 32, 99)))  # same path, other content
+    os.utime(photos / "b" / "IMG_0001.png")  # touched only: same bytes, not packed again
+    assert cli(["pack", str(photos), str(out), "--per-shard", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "packed 1 images into 1 new shard" in printed and "3 already packed" in printed
+    assert "1 changed since they were packed, packed again as new" in printed and "a.png" in printed
+    assert [n for n, _ in iter_members(out / "shard-000001.tar")] == ["a.png"]
+    assert {k: v for k, v in _shard_bytes(out).items() if k in before} == before
+    assert superseded(str(out / "shard-000001.tar")) == {("shard-000000", "a")}
+
+
+def test_pack_names_what_it_left_out_and_refuses_foreign_shards(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    make_folder(photos)
+    for i in range(7):
+        (photos / f"clip{i}.MOV").write_bytes(b"movie")
+    assert cli(["pack", str(photos), str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out 9 files:" in printed
+    assert "8 extension not in --extensions (now jpg,jpeg,png,webp; add more to take them): " \
+           "clip0.MOV, clip1.MOV, clip2.MOV, clip3.MOV, clip4.MOV and 3 more" in printed
+    assert "1 hidden (name starts with '.'): b/._IMG_0002.JPG" in printed
+    assert "{" not in printed  # no dict repr
+    foreign = tmp_path / "hand"
+    foreign.mkdir()
+    (foreign / "data-000000.tar").write_bytes(b"")
+    assert cli(["pack", str(photos), str(foreign)]) == 2
+    assert "did not write" in capsys.readouterr().err
+
+
+def test_an_interrupted_pack_leaves_nothing_counted(tmp_path):
+    """A shard written without its manifest (killed between the two) is rewritten, same bytes."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    make_folder(photos)
+    pack_folder(photos, out, per_shard=3)
+    whole = _shard_bytes(out)
+    (out / "_pack" / "shard-000001.parquet").unlink()  # as if killed after the tar, before its manifest
+    again = pack_folder(photos, out, per_shard=3)
+    assert [p.name for p in again.shards] == ["shard-000001.tar"] and again.unchanged == 3
+    assert _shard_bytes(out) == whole
