@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "jobs"))
 
 TEACHER = REPO / "models" / "toyclip" / "toyclip-v1.pt"
 TEACHER_CONFIG = REPO / "models" / "toyclip" / "labeling.yaml"
@@ -52,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="student recipe override for every variant (e.g. optim.steps=300)")
     p.add_argument("--no-second-round", action="store_true", help="skip labeling the test set with the student")
+    p.add_argument("--rounds-experiment", action="store_true",
+                   help="run the issue-23 experiment instead: `pseudolabel selftrain` rounds, selection methods "
+                        "chosen on a validation split, two training seeds (see rounds_main)")
     return p.parse_args(argv)
 
 
@@ -124,6 +128,11 @@ def summarize(out: Path) -> dict:
 
 
 def main(argv=None) -> int:
+    if "--rounds-experiment" in (sys.argv[1:] if argv is None else argv):
+        import self_training_rounds
+
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--rounds-experiment"]
+        return self_training_rounds.main(rest)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.evaluation import evaluate_output

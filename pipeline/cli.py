@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "static HTML report of an output directory"),
     "bench": ("bench", "throughput benchmark: one-at-a-time vs engine vs end to end"),
     "train": ("train", "train a student segmentation network on an output's pseudo-labels"),
+    "selftrain": ("selftrain", "rounds of self-training: teacher labels, student, student relabels, retrain"),
     "export": ("export", "export an output as mmsegmentation / VOC folders or a Hugging Face dataset"),
     "pack": ("pack", "write WebDataset shards from a folder of images"),
 }

@@ -39,6 +39,26 @@ class ConfidenceRecipe:
     min_confidence: float = 0.5  # pixels below it are ignored (the teacher's guess is likely wrong there)
     weight: bool = True  # weight each kept pixel's loss by its confidence
     class_balance: float = 0.0  # per-class weights (pixel share)^-power from the manifests; 0 = off
+    class_top_p: float = 0.0  # class-balanced selection: keep each class's most confident share p of
+    # its pixels (a per-class threshold from the labels' confidence histogram), on top of
+    # min_confidence; 0 = off. Works where one global threshold cannot: an over-confident teacher
+    # puts almost every pixel above any global cut, and rare classes are cut harder than stuff.
+
+
+@dataclass
+class ConsistencyRecipe:
+    """Mean-teacher consistency on strong augmentations: every pixel teaches, labeled or not.
+
+    An EMA copy of the student predicts the weak (training) view; the student must predict the same
+    on a strongly augmented view (colour jitter, noise, a sub-crop that changes the context) wherever
+    the EMA copy is confident. Pixels the selection ignored still get this signal."""
+
+    weight: float = 0.0  # lambda of the consistency term (0 = off)
+    ema: float = 0.99  # EMA decay of the mean teacher's weights
+    threshold: float = 0.8  # the EMA prediction's confidence a pixel needs to be a target
+    crop: float = 0.75  # side of the strong view's sub-crop, as a share of the training crop
+    jitter: float = 0.3  # amplitude of the strong colour jitter (brightness, contrast, saturation)
+    noise: float = 0.03  # std of the gaussian pixel noise of the strong view (images in 0..1)
 
 
 @dataclass
@@ -56,6 +76,7 @@ class StudentConfig:
     model: ModelRecipe = field(default_factory=ModelRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     confidence: ConfidenceRecipe = field(default_factory=ConfidenceRecipe)
+    consistency: ConsistencyRecipe = field(default_factory=ConsistencyRecipe)
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     checkpoint_every: int = 100  # steps between crash-safe checkpoints (DIR/checkpoint.pt)
     seed: int = 0

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pipeline.errors import UserError
 from pipeline.student.checkpoint import CHECKPOINT_FILE, atomic_save, load_data, machine_info, save_student
 from pipeline.student.config import StudentConfig
+from pipeline.student.consistency import MeanTeacher
 from pipeline.student.loss import class_weights, confidence_loss
 from pipeline.student.model import build_student, normalize
 from pipeline.timestamps import utc_now_iso
@@ -45,6 +46,8 @@ class TrainData:
     pixel_counts: Optional[np.ndarray] = None  # per-class labeled pixels, for class balancing
     source: dict[str, Any] = field(default_factory=dict)  # for the card: where the labels came from
     synonyms: Optional[list[list[str]]] = None  # per class, for the student's vocabulary
+    class_min_confidence: Optional[np.ndarray] = None  # float (C,) per-class thresholds (class_top_p);
+    # None with class_top_p > 0: computed from the dataset's masks (`selection.selection_histogram`)
 
 
 @dataclass
@@ -75,10 +78,12 @@ def train_student(cfg: StudentConfig, data: TrainData, out_dir: str | Path, *, r
     model = build_student(cfg.model, data.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     weights = class_weights(data.pixel_counts, cfg.confidence.class_balance) if data.pixel_counts is not None else None
+    class_min = _class_min(cfg, data)
+    mean_teacher = MeanTeacher(model, cfg.consistency, cfg.seed) if cfg.consistency.weight > 0 else None
     state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "losses": [], "started_at": utc_now_iso()}
     ckpt_path = out / CHECKPOINT_FILE
     if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, cfg, model, opt)
+        state = _load_checkpoint(ckpt_path, cfg, model, opt, mean_teacher)
         log.info("resumed at step %d of %d (epoch %d, batch %d)", state["step"], cfg.optim.steps, state["epoch"], state["batch"])
     t0 = time.monotonic() - state["seconds"]
     window: list[float] = []
@@ -91,7 +96,8 @@ def train_student(cfg: StudentConfig, data: TrainData, out_dir: str | Path, *, r
             seen += 1
             if index < state["batch"]:
                 continue  # done before the interruption: replayed for the data order, not trained on
-            loss = _step(model, opt, cfg, state["step"], image, label, conf, data.ignore_index, weights, device)
+            loss = _step(model, opt, cfg, state["step"], image, label, conf, data.ignore_index, weights, device,
+                         class_min, mean_teacher)
             state["step"] += 1
             state["batch"] = index + 1
             window.append(loss)
@@ -102,8 +108,11 @@ def train_student(cfg: StudentConfig, data: TrainData, out_dir: str | Path, *, r
                 progress(state["step"], cfg.optim.steps, loss)
             if state["step"] % max(1, cfg.checkpoint_every) == 0 or state["step"] == cfg.optim.steps:
                 state["seconds"] = time.monotonic() - t0
-                atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                             "recipe": cfg.to_dict()}, ckpt_path)
+                blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                        "recipe": cfg.to_dict()}
+                if mean_teacher is not None:
+                    blob["mean_teacher"] = mean_teacher.state_dict()
+                atomic_save(blob, ckpt_path)
             if state["step"] >= cfg.optim.steps:
                 break
         else:
@@ -114,27 +123,54 @@ def train_student(cfg: StudentConfig, data: TrainData, out_dir: str | Path, *, r
             state["batch"] = 0
     seconds = time.monotonic() - t0
     card = _card(cfg, data, state, seconds, device)
+    if class_min is not None:
+        card["class_min_confidence"] = [round(float(t), 5) for t in class_min]
     model_cpu = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = save_student(out, model_cpu, card)
     return TrainResult(path, card, seconds, state["step"])
 
 
-def _step(model, opt, cfg: StudentConfig, step: int, image, label, conf, ignore_index: int, weights, device) -> float:
+def _class_min(cfg: StudentConfig, data: TrainData) -> Optional[torch.Tensor]:
+    """The per-class thresholds of class-balanced selection, or None when it is off."""
+    if cfg.confidence.class_top_p <= 0:
+        return None
+    thresholds = data.class_min_confidence
+    if thresholds is None:
+        from pipeline.student.selection import class_thresholds, selection_histogram
+
+        selection = getattr(data.dataset, "selection", None)
+        if selection is None:
+            raise UserError("confidence.class_top_p needs pseudo-labels with confidences (a `pseudolabel run` output)")
+        thresholds = class_thresholds(selection_histogram(selection), cfg.confidence.class_top_p)
+    log.info("class-balanced selection (top %.0f%% per class): thresholds %s", 100 * cfg.confidence.class_top_p,
+             np.round(np.asarray(thresholds), 3).tolist())
+    return torch.as_tensor(np.asarray(thresholds, np.float32))
+
+
+def _step(model, opt, cfg: StudentConfig, step: int, image, label, conf, ignore_index: int, weights, device,
+          class_min=None, mean_teacher: Optional[MeanTeacher] = None) -> float:
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, step)
     model.train()
-    image = normalize(image.to(device, non_blocking=True))
+    raw = image.to(device, non_blocking=True)  # (B, 3, H, W) in 0..1: the weak view
     label, conf = label.to(device, non_blocking=True), conf.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.optim.amp and device.type == "cuda"):
-        logits = model(image)
-    loss = confidence_loss(logits, label, conf, cfg.confidence, ignore_index, weights)
+    amp = cfg.optim.amp and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(normalize(raw))
+    loss = confidence_loss(logits, label, conf, cfg.confidence, ignore_index, weights, class_min)
+    # The consistency term starts after warm-up: the EMA model's early labels are noise.
+    if mean_teacher is not None and step >= cfg.optim.warmup_steps:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss + cfg.consistency.weight * mean_teacher.loss(model, raw, step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    if mean_teacher is not None:
+        mean_teacher.update(model)
     return float(loss.detach())
 
 
-def _load_checkpoint(path: Path, cfg: StudentConfig, model, opt) -> dict[str, Any]:
+def _load_checkpoint(path: Path, cfg: StudentConfig, model, opt, mean_teacher: Optional[MeanTeacher] = None) -> dict[str, Any]:
     try:
         blob = load_data(path, "checkpoint")  # data only: a pickle that would run code is refused
     except (OSError, RuntimeError, EOFError) as exc:
@@ -144,6 +180,8 @@ def _load_checkpoint(path: Path, cfg: StudentConfig, model, opt) -> dict[str, An
                         "values, or delete the checkpoint to start over")
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["optimizer"])
+    if mean_teacher is not None:
+        mean_teacher.load_state_dict(blob["mean_teacher"])
     return dict(blob["state"])
 
 

@@ -1,0 +1,223 @@
+"""Issue 23: does `pseudolabel selftrain` train a model clearly better than its labeler?
+
+    .venv/bin/python jobs/self_training.py --rounds-experiment --work build/selftrain \\
+        --json docs/self_training_rounds.json
+
+1. toy-world scenes from seeds nothing else in the project uses: train 31, validation 32, test 33
+   (the toy CLIP: 0/1/2; the first self-training job: 12/14);
+2. the teacher (toy CLIP + models/toyclip/labeling.yaml, `pseudolabel run`) labels all three;
+3. selection methods, each a one-round `pseudolabel selftrain` on training seed 0, scored on the
+   VALIDATION split; the best on validation becomes the default recipe (the test split never chooses);
+4. the default recipe for --rounds rounds with two training seeds (`seed=0`, `seed=1`), every round
+   scored on the test split (round-K/eval.json, the command's own --eval);
+5. the ceiling: the same student trained on the training split's ground truth.
+
+Every stage is a folder under --work that a re-run reuses (the command skips finished rounds), so
+a crash or a time limit costs only the stage it interrupted. --budget-min stops starting new
+stages after that many minutes; the table then shows what finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TEACHER = REPO / "models" / "toyclip" / "toyclip-v1.pt"
+TEACHER_CONFIG = REPO / "models" / "toyclip" / "labeling.yaml"
+SPLITS = {"train": (31, 400), "val": (32, 100), "test": (33, 200)}
+# Selection methods (student recipe overrides); the first is the `cpu` preset as it was.
+METHODS = {
+    "global_0.5": [],
+    "class_top_p_0.8": ["confidence.class_top_p=0.8"],
+    "class_top_p_0.8+consistency": ["confidence.class_top_p=0.8", "consistency.weight=1"],
+    "global_0.9": ["confidence.min_confidence=0.9"],
+    "none": ["confidence.min_confidence=0", "confidence.weight=false"],
+}
+# A short schedule: the shared 2-core machine of this session (8 engineers) allows no more.
+SCHEDULE = ["optim.steps=300", "optim.batch_size=8", "optim.warmup_steps=30", "checkpoint_every=50"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="build/selftrain")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--methods", default="global_0.5,class_top_p_0.8,class_top_p_0.8+consistency",
+                   help=f"selection methods compared on validation (known: {', '.join(METHODS)})")
+    p.add_argument("--extra-methods", default="global_0.9",
+                   help="methods trained last, for the table only, when the budget allows")
+    p.add_argument("--seeds", default="0,1", help="training seeds of the default recipe's rounds")
+    p.add_argument("--schedule", action="append", default=None, metavar="KEY=VALUE",
+                   help=f"student schedule overrides (default: {' '.join(SCHEDULE)})")
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--budget-min", type=float, default=0.0, help="start no new stage after this many minutes (0 = no limit)")
+    p.add_argument("--no-ground-truth", action="store_true")
+    return p.parse_args(argv)
+
+
+class Budget:
+    def __init__(self, minutes: float):
+        self.t0, self.minutes = time.monotonic(), minutes
+
+    def left(self) -> bool:
+        return self.minutes <= 0 or (time.monotonic() - self.t0) / 60 < self.minutes
+
+
+def prepare(work: Path, actors: int) -> dict[str, Path]:
+    from pipeline.config import load_config
+    from pipeline.run.runner import run_pipeline
+    from pipeline.toyworld import write_shards
+
+    sets = {}
+    for name, (seed, count) in SPLITS.items():
+        root = work / name
+        if not (root / "dataset.json").exists():
+            write_shards(root, seed, count, per_shard=50)
+        labels = work / f"teacher-{name}"
+        sets[name] = root
+        if len(list((labels / "_done").glob("*.json"))) == len(list((root / "images").glob("*.tar"))):
+            continue  # labeled before (a finished run needs no Ray start)
+        cfg = load_config(TEACHER_CONFIG, [f"model.pretrained={TEACHER}", f"ray.cpu_actors={actors}", "device=cpu"])
+        run_pipeline(str(root / "images"), str(labels), cfg, log_level=logging.WARNING)
+    return sets
+
+
+def selftrain(work: Path, name: str, sets: dict[str, Path], overrides: list[str], rounds: int) -> Path:
+    from pipeline.cli import main as cli
+
+    out = work / name
+    sets_args = [a for o in overrides for a in ("--set", o)]
+    rc = cli(["selftrain", str(work / "teacher-train"), "--out", str(out), "--rounds", str(rounds), "--no-progress",
+              *sets_args, "--eval", str(sets["test"] / "images"), "--gt", str(sets["test"] / "labels")])
+    if rc:
+        raise SystemExit(f"pseudolabel selftrain failed for {name} (exit {rc})")
+    return out
+
+
+def val_miou(round_dir: Path, sets: dict[str, Path]) -> float:
+    """The round's student on the validation split (cached in round-K/val.json)."""
+    from pipeline.student.engine import StudentEngine
+    from pipeline.student.evaluate import score_engine
+
+    path = round_dir / "val.json"
+    if not path.exists():
+        result = score_engine(StudentEngine.from_file(round_dir / "student.pt"), str(sets["val"] / "images"),
+                              str(sets["val"] / "labels"))
+        result.write_json(path)
+    return json.loads(path.read_text())["miou"]
+
+
+def test_miou(round_dir: Path) -> float:
+    return json.loads((round_dir / "eval.json").read_text())["miou"]
+
+
+def ground_truth(work: Path, sets: dict[str, Path], schedule: list[str]) -> dict:
+    from pipeline.student.config import load_student_config
+    from pipeline.student.data import GroundTruthDataset, StudentTransform
+    from pipeline.student.engine import StudentEngine
+    from pipeline.student.evaluate import score_engine
+    from pipeline.student.trainer import TrainData, train_student
+    from pipeline.toyworld import NAMES, NUM_CLASSES, PALETTE
+
+    out = work / "ground_truth"
+    if not (out / "eval.json").exists():
+        cfg = load_student_config("cpu", schedule)
+        images = sorted(str(p) for p in (sets["train"] / "images").glob("*.tar"))
+        labels = [str(sets["train"] / "labels" / Path(p).name) for p in images]
+        ds = GroundTruthDataset(images, labels, StudentTransform(cfg.data), NUM_CLASSES, seed=cfg.seed)
+        data = TrainData(ds, NUM_CLASSES, 255, list(NAMES), list(PALETTE), source={"ground_truth": str(sets["train"])})
+        result = train_student(cfg, data, out, resume=True)
+        engine = StudentEngine.from_file(result.student_path)
+        score_engine(engine, str(sets["test"] / "images"), str(sets["test"] / "labels")).write_json(out / "eval.json")
+        score_engine(engine, str(sets["val"] / "images"), str(sets["val"] / "labels")).write_json(out / "val.json")
+    return {"test": test_miou(out), "val": json.loads((out / "val.json").read_text())["miou"]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.evaluation import evaluate_output
+
+    budget = Budget(args.budget_min)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    schedule = args.schedule or SCHEDULE
+    sets = prepare(work, args.actors)
+    result: dict = {"splits": {k: {"seed": s, "count": c} for k, (s, c) in SPLITS.items()}, "schedule": schedule,
+                    "teacher": {split: evaluate_output(work / f"teacher-{split}", str(sets[split] / "labels")).miou
+                                for split in ("val", "test")},
+                    "methods": {}, "rounds": {}}
+    print(f"teacher: val {100 * result['teacher']['val']:.2f}, test {100 * result['teacher']['test']:.2f}", flush=True)
+
+    def method_row(name: str) -> None:
+        out = selftrain(work, f"{name}-seed0", sets, [*schedule, *METHODS[name], "seed=0"], 1)
+        result["methods"][name] = {"val": val_miou(out / "round-1", sets), "test": test_miou(out / "round-1")}
+        print(f"round 1, {name}: val {100 * result['methods'][name]['val']:.2f}, "
+              f"test {100 * result['methods'][name]['test']:.2f}", flush=True)
+        save(args, result)
+
+    for name in [m for m in args.methods.split(",") if m]:
+        if budget.left():
+            method_row(name)
+    chosen = max(result["methods"], key=lambda m: result["methods"][m]["val"])
+    result["default"] = chosen
+    print(f"default recipe (best round-1 mIoU on validation): {chosen}", flush=True)
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
+        for k in range(1, args.rounds + 1):
+            if not budget.left():
+                break
+            out = selftrain(work, f"{chosen}-seed{seed}", sets, [*schedule, *METHODS[chosen], f"seed={seed}"], k)
+            rdir = out / f"round-{k}"
+            result["rounds"].setdefault(str(seed), {})[str(k)] = {"val": val_miou(rdir, sets), "test": test_miou(rdir)}
+            print(f"seed {seed} round {k}: test {100 * test_miou(rdir):.2f}", flush=True)
+            save(args, result)
+    if not args.no_ground_truth and budget.left():
+        result["ground_truth"] = ground_truth(work, sets, schedule)
+        save(args, result)
+    for name in [m for m in args.extra_methods.split(",") if m and m not in result["methods"]]:
+        if budget.left():
+            method_row(name)
+    print(format_table(result))
+    save(args, result)
+    return 0
+
+
+def save(args, result: dict) -> None:
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def format_table(result: dict) -> str:
+    """The markdown table of docs/self_training.md (mIoU in points; rounds: mean and spread over seeds)."""
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    lines = ["| model | val mIoU | test mIoU |", "|---|---|---|",
+             f"| teacher: toy CLIP + ResCLIP labeling | {pct(result['teacher']['val'])} | {pct(result['teacher']['test'])} |"]
+    for name, row in result["methods"].items():
+        mark = " (default)" if name == result.get("default") else ""
+        lines.append(f"| student round 1, selection {name}{mark}, seed 0 | {pct(row['val'])} | {pct(row['test'])} |")
+    per_round: dict[str, list[dict]] = {}
+    for seed_rows in result["rounds"].values():
+        for k, row in seed_rows.items():
+            per_round.setdefault(k, []).append(row)
+    for k in sorted(per_round, key=int):
+        rows = per_round[k]
+        tests = [r["test"] for r in rows]
+        spread = f" (seeds: {', '.join(pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f})"
+        lines.append(f"| `selftrain` default, round {k}, mean of {len(rows)} seed(s) | "
+                     f"{pct(statistics.mean(r['val'] for r in rows))} | {pct(statistics.mean(tests))}{spread} |")
+    if "ground_truth" in result:
+        lines.append(f"| student on ground truth (ceiling), seed 0 | {pct(result['ground_truth']['val'])} | "
+                     f"{pct(result['ground_truth']['test'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
