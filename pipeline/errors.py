@@ -24,3 +24,15 @@ class DeviceFatalError(Exception):
     """The engine's device failed for good in this process (a non-OOM CUDA error: after one, every
     later call fails too). The shard in hand is left incomplete; the Ray actor exits so that Ray
     restarts it with a fresh device context, and the dispatcher retries the shard there."""
+
+
+class TransientWriteError(Exception):
+    """Writing an output object kept failing for transport reasons (5xx, a cut connection, a
+    timeout) after the storage layer's own backed-off retries: nothing of the shard is complete,
+    and the dispatcher retries it after a backoff."""
+
+
+class ShardError(Exception):
+    """Any other exception of a shard, as it reaches the driver: the original's type name and
+    first line only, so that Ray can always serialise it (a transport error carrying a multidict
+    cannot be pickled). Recorded as crashed, not retried."""

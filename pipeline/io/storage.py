@@ -16,12 +16,13 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from typing import IO, Any, Iterator, Optional
+import time
+from typing import IO, Any, Callable, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.errors import TransientReadError, UserError
+from pipeline.errors import TransientReadError, TransientWriteError, UserError
 from pipeline.io.atomic import commit_local, create_temp
 
 log = logging.getLogger(__name__)
@@ -104,20 +105,22 @@ class Storage:
                                 "through one inside OUTPUT: remove it or use another OUTPUT")
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        with self.atomic_path(rel) as tmp:
+        # The bytes are known: an upload whose answer was lost is checked by reading the object back.
+        with self.atomic_path(rel, expect=data) as tmp:
             with open(tmp, "wb") as f:
                 f.write(data)
 
     @contextlib.contextmanager
-    def atomic_path(self, rel: str) -> Iterator[str]:
-        """Yield a local path to write; on success it becomes `rel` in one step, on error nothing."""
+    def atomic_path(self, rel: str, expect: Optional[bytes] = None) -> Iterator[str]:
+        """Yield a local path to write; on success it becomes `rel` in one step, on error nothing.
+        On object stores the upload is retried with backoff (`upload_with_retries`)."""
         tmp_dir = self._tmp_dir()
         fd, tmp_path = create_temp(tmp_dir, posixpath.basename(rel))  # random, O_EXCL | O_NOFOLLOW
         os.close(fd)
         tmp = str(tmp_path)
         try:
             yield tmp
-            self._commit(tmp, rel)
+            self._commit(tmp, rel, expect)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
@@ -138,21 +141,120 @@ class Storage:
             return tmp_dir
         return tempfile.mkdtemp(prefix="pseudolabel-")
 
-    def _commit(self, tmp: str, rel: str) -> None:
+    def _commit(self, tmp: str, rel: str, expect: Optional[bytes] = None) -> None:
         final = self.path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             self.refuse_links(posixpath.dirname(rel))
             commit_local(tmp, final)  # fsync, then rename: the data reaches the disk before the name
         else:
-            self.fs.put_file(tmp, final)
+            upload_with_retries(self.fs, tmp, final, expect)
+
+
+# Object-store requests: the client (botocore, s3fs) already retries quickly a few times; these
+# attempts add a backoff long enough to ride out a store that is failing for seconds. An upload
+# is one whole object, so repeating it is harmless. (The dispatcher then retries the whole shard,
+# after its own backoff, ray.max_shard_retries times.)
+RETRY_ATTEMPTS = 5
+RETRY_BACKOFF_S = 1.0  # before the 2nd attempt; doubles (1, 2, 4, 8 s: 15 s of waiting in all)
+
+
+def upload_with_retries(fs: Any, local: str, final: str, expect: Optional[bytes] = None) -> None:
+    """`fs.put_file(local, final)`, retried on transient errors (`is_transient_error`). When the
+    bytes are given (`expect`) and an attempt failed, the object is read back first: an upload
+    that took effect but whose answer was lost counts as done. Raises `TransientWriteError`
+    (type name and message only) when every attempt failed, the error itself when not transient."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            fs.put_file(local, final)
+            return
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not is_transient_error(exc):
+                raise
+            if expect is not None and _holds(fs, final, expect):
+                log.warning("upload of %s failed (%s) but the object holds what was written; done",
+                            final, describe_error(exc))
+                return
+            if attempt == RETRY_ATTEMPTS:
+                raise TransientWriteError(f"writing {final} failed {attempt} times, last: "
+                                          f"{describe_error(exc)}") from None
+            _back_off(f"upload of {final}", exc, attempt)
+
+
+def read_with_retries(call: Callable[[], Any], what: str) -> Any:
+    """`call()`, retried on transient errors like uploads are; `TransientReadError` (type name and
+    message only) when every attempt failed, the error itself when not transient."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not is_transient_error(exc):
+                raise
+            if attempt == RETRY_ATTEMPTS:
+                raise TransientReadError(f"{what} failed {attempt} times, last: {describe_error(exc)}") from None
+            _back_off(what, exc, attempt)
+
+
+def _back_off(what: str, exc: BaseException, attempt: int) -> None:
+    delay = RETRY_BACKOFF_S * 2 ** (attempt - 1)
+    log.warning("%s failed (%s); attempt %d of %d in %.0fs", what, describe_error(exc), attempt + 1,
+                RETRY_ATTEMPTS, delay)
+    time.sleep(delay)
+
+
+def _holds(fs: Any, path: str, expect: bytes) -> bool:
+    """Whether the object at `path` has exactly these bytes (False when it cannot be read)."""
+    try:
+        fs.invalidate_cache(path)
+        return fs.cat_file(path) == expect
+    except Exception:  # noqa: BLE001 - unknown is "no": the upload is attempted again
+        return False
+
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        FileExistsError)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """A transport failure worth retrying: an OSError from the store other than missing, refused or
+    exists (s3fs maps 5xx to OSError), a timeout, or a connection-level error of botocore or
+    aiohttp (which are not OSErrors)."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, OSError):  # also TimeoutError, ConnectionError
+        return True
+    for cls in type(exc).__mro__:
+        module = cls.__module__ or ""
+        if cls.__name__ in ("HTTPClientError", "ConnectionError") and module.startswith("botocore"):
+            return True
+        if cls.__name__ in ("ClientError", "FSTimeoutError") and module.startswith(("aiohttp", "fsspec")):
+            return True
+    return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """`TypeName: first line` of an error, at most 300 characters (for logs and records)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
 
 
 def open_input(url: str, options: Optional[dict[str, Any]] = None) -> contextlib.AbstractContextManager[IO[bytes]]:
     """Open an input shard for streaming: `pipe:CMD` runs CMD and reads its stdout, else fsspec."""
     if url.startswith("pipe:"):
         return _open_pipe(url[len("pipe:"):])
-    return fsspec.open(url, "rb", **storage_options_for(url, options))
+    return _open_remote(fsspec.open(url, "rb", **storage_options_for(url, options)), url)
+
+
+@contextlib.contextmanager
+def _open_remote(opener: Any, url: str) -> Iterator[IO[bytes]]:
+    """Open through fsspec; a transport failure while opening (a 503 on the first request, a cut
+    connection) is retried with backoff, then raises `TransientReadError`, so that the shard is
+    retried later instead of being recorded unreadable. Errors while reading are typed by the reader."""
+    f = read_with_retries(opener.__enter__, f"opening {url}")
+    try:
+        yield f
+    finally:
+        opener.__exit__(None, None, None)
 
 
 PIPE_EXIT_WAIT_S = 5.0  # a command whose output ended has exited or is about to; one still writing is killed

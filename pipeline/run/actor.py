@@ -15,7 +15,8 @@ from typing import Any, Callable, Optional
 
 from pipeline.config import Config
 from pipeline.engine.protocol import DescribedEngine
-from pipeline.errors import DeviceFatalError, UserError
+from pipeline.errors import (DeviceFatalError, ShardError, ShardInferenceError, TransientReadError,
+                             TransientWriteError, UserError)
 from pipeline.identity import Identity, IdentityMismatch, loaded_identity, mismatch_message
 from pipeline.run.progress import ProgressSender, board_handle, remote_put
 from pipeline.io.shards import ShardSpec
@@ -128,6 +129,8 @@ class LabelWorker:
             logging.shutdown()
             exit_process(DEVICE_FATAL_EXIT)
             raise  # only reached where exit_process is replaced (tests)
+        except Exception as exc:  # noqa: BLE001 - re-raised in a form Ray can always serialise
+            raise portable_error(exc) from None
 
     def _report(self, p: ShardProgress) -> None:
         if self.fault is not None:
@@ -185,6 +188,23 @@ def _ray_gpu_ids() -> list[Any]:
         return list(ray.get_gpu_ids())
     except Exception:  # noqa: BLE001 - outside a Ray worker there is no assignment
         return []
+
+
+# Errors the dispatcher tells apart by type (retried after a backoff); everything else is a ShardError.
+_TYPED_ERRORS = (TransientReadError, TransientWriteError, ShardInferenceError)
+
+
+def portable_error(exc: BaseException) -> Exception:
+    """`exc` as it should reach the driver: one of `_TYPED_ERRORS` when the dispatcher acts on that
+    type, else a `ShardError` whose message starts with the original type's name; either way
+    holding only a message string, never objects Ray might fail to pickle (an aiohttp error with a
+    multidict would arrive as a bare RayError, its cause lost)."""
+    text = str(exc).strip()
+    message = "\n".join(text.splitlines()[:3])[:1000]
+    for typed in _TYPED_ERRORS:
+        if isinstance(exc, typed):
+            return typed(message)
+    return ShardError(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
 def _worker_id() -> str:

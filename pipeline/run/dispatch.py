@@ -7,7 +7,8 @@ shard holds one actor and never the rest. Retries:
   with backoff, until it answers again, then it gets shards again;
 - no progress for ray.shard_stall_timeout_s (a hung read, a busy loop): the actor is killed so Ray
   restarts it, and the shard counts as lost;
-- a `TransientReadError` (a stream broke for transport reasons) or a `ShardInferenceError` (the
+- a `TransientReadError` (a stream broke for transport reasons), a `TransientWriteError` (an
+  upload kept failing after the storage layer's own retries) or a `ShardInferenceError` (the
   engine failed most of a shard): the shard is resubmitted after a backoff that doubles, on any
   actor, at most ray.max_shard_retries times; it is never written complete (afterwards it is left
   unreadable, resp. crashed: not complete, retried by the next run).
@@ -33,7 +34,7 @@ from typing import Any, Callable, Optional
 import ray
 from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from pipeline.errors import ShardInferenceError, TransientReadError
+from pipeline.errors import ShardInferenceError, TransientReadError, TransientWriteError
 from pipeline.io.shards import ShardSpec
 from pipeline.io.layout import ShardStatus
 from pipeline.io.records import ShardResult
@@ -175,7 +176,7 @@ class Dispatcher:
         shard = task.shard
         if isinstance(value, INFRA_ERRORS):
             self._lost(task, value)
-        elif isinstance(value, (TransientReadError, ShardInferenceError)):
+        elif isinstance(value, (TransientReadError, TransientWriteError, ShardInferenceError)):
             self.idle.append(task.actor)
             self._transient(task, value)
         elif isinstance(value, RayTaskError):
@@ -224,17 +225,19 @@ class Dispatcher:
         assert task.shard is not None
         shard = task.shard
         inference = isinstance(exc, ShardInferenceError)
-        what = "most samples failed in the engine" if inference else "transient read error"
+        read = isinstance(exc, TransientReadError)
+        what = ("most samples failed in the engine" if inference else
+                "transient read error" if read else "transient write error")
         if task.attempt < self.max_retries:
             delay = self.transient_backoff_s * 2 ** task.attempt
             log.warning("shard %s: %s (%s); retry %d of %d in %.1fs", shard.name, what,
-                        _first_line(exc), task.attempt + 1, self.max_retries, delay)
+                        _cause(exc), task.attempt + 1, self.max_retries, delay)
             self._forget(shard.name)
             heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._seq), shard, task.attempt + 1))
             self._report()
             return
         log.error("shard %s: %s, %d times; left incomplete for the next run", shard.name, what, task.attempt + 1)
-        self._finish(ShardResult(shard.name, shard.url, CRASHED if inference else UNREADABLE,
+        self._finish(ShardResult(shard.name, shard.url, UNREADABLE if read else CRASHED,
                                  failure=f"{what}, {task.attempt + 1} times: {_cause(exc)}"))
 
     def _abandon(self, reason: str) -> None:

@@ -117,14 +117,14 @@ class RunLock:
         for _ in range(_ACQUIRE_ATTEMPTS):
             record = self._new_record()
             if self._create(record):
-                self.record = record
-                self._start_heartbeat()
-                log.info("took lock %s as run %s (heartbeat every %.0fs, stale after %.0fs)",
-                         self.path, self.run_id, self.heartbeat_s, self.stale_after_s)
-                return self
+                return self._took(record)
             holder = self._read()
             if holder is None:
                 continue  # released between our create and our read: try again
+            if holder.run_id == self.run_id:
+                # Our own create, whose answer was lost (a retried conditional PUT then sees our
+                # object): the lock is ours, never "held by another run".
+                return self._took(record)
             reason = "--break-lock was given" if self.break_lock else self._stale_reason(holder)
             if reason is None and not waited:
                 wait_s = self._dead_holder_wait(holder)
@@ -147,6 +147,13 @@ class RunLock:
             f"could not take the lock on {self.output_url} after {_ACQUIRE_ATTEMPTS} attempts: "
             f"other runs keep taking it (lock object: {self.path})"
         )
+
+    def _took(self, record: LockRecord) -> "RunLock":
+        self.record = record
+        self._start_heartbeat()
+        log.info("took lock %s as run %s (heartbeat every %.0fs, stale after %.0fs)",
+                 self.path, self.run_id, self.heartbeat_s, self.stale_after_s)
+        return self
 
     def release(self) -> None:
         self._stop.set()
@@ -192,14 +199,26 @@ class RunLock:
         try:
             self.fs.pipe_file(self.path, blob, mode="create")
         except FileExistsError:
-            return False
+            return False  # acquire() reads the holder: our own run id there means the create took
         except (TypeError, NotImplementedError, ValueError):
             # A backend without exclusive create: check, plain write, then read back below.
             if self.fs.exists(self.path):
                 return False
             self.fs.pipe_file(self.path, blob)
+        except Exception:  # noqa: BLE001 - an ambiguous create (5xx, lost answer): the object decides
+            self.fs.invalidate_cache(self.path)
+            if not self._is_ours(record):
+                raise
+            log.info("lock %s: the create failed ambiguously but the object is ours", self.path)
         self.fs.invalidate_cache(self.path)
         back = self._read()
+        return back is not None and back.run_id == record.run_id
+
+    def _is_ours(self, record: LockRecord) -> bool:
+        try:
+            back = self._read()
+        except Exception:  # noqa: BLE001 - cannot tell: the caller re-raises the create's error
+            return False
         return back is not None and back.run_id == record.run_id
 
     def _read(self) -> Optional[LockRecord]:

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Optional
 
 import fsspec
 
+from pipeline.io.storage import read_with_retries
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,9 @@ def input_identity(url: str, storage_options: Optional[dict[str, Any]] = None) -
         return None, None
     try:
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-        return identity_of(fs.info(path))
+        # Transport failures are retried, then raise TransientReadError (the shard is retried
+        # later): a record without the identity would fail verify.
+        return identity_of(read_with_retries(lambda: fs.info(path), f"reading the size and ETag of {url}"))
     except (OSError, ValueError) as exc:  # the read itself reports an unreadable shard
         log.debug("no size/etag for %s: %s", url, exc)
         return None, None
