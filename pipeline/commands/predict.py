@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from pipeline.cli import add_config_arguments
 from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.io.decode import RASTER_FORMATS, openable_formats
 from pipeline.overlay import blend
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+RASTER = openable_formats(RASTER_FORMATS)  # the only Pillow decoders predict reaches (docs/security.md)
 EXIT_SOME_FAILED = 1  # some images could not be labeled (each reported); the others were written
 OVERLAY_SUFFIX = ".overlay.png"  # never `<stem>.png`: `predict x.png --out .` must not replace x.png
 
 
 def read_rgb(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=RASTER) as im:  # raster decoders only (docs/security.md)
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from exc
@@ -66,7 +68,7 @@ def check_inputs(paths: list[Path], out_dir: Path) -> tuple[list[Path], list[str
     good, bad = [], []
     for p in paths:
         try:
-            with Image.open(p) as im:  # the header only: cheap, and enough to catch typos and non-images
+            with Image.open(p, formats=RASTER) as im:  # the header only: catches typos and non-images
                 im.size
             good.append(p)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.io.decode import decode_rgb
+from pipeline.io.decode import decode_rgb, open_png
 from pipeline.io.layout import RowStatus
 from pipeline.io.output_dir import OutputDir
 from pipeline.io.records import DatasetMeta
@@ -82,7 +82,7 @@ def group_members(
 
 def decode_label_png(data: bytes) -> np.ndarray:
     """Label PNG -> integer array (uint8 for "L"/"P", uint16 for 16-bit), values untouched."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_png(data) as img:  # the PNG decoder only: an OUTPUT may be shared (docs/security.md)
         img.load()
         if img.mode in ("L", "P"):
             return np.asarray(img, dtype=np.uint8)
@@ -95,7 +95,7 @@ def decode_label_png(data: bytes) -> np.ndarray:
 
 def decode_conf_png(data: bytes) -> np.ndarray:
     """Confidence PNG (uint8 = round(255 * p)) -> uint8 array; divide by 255 for probabilities."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_png(data) as img:
         img.load()
         if img.mode != "L":
             raise ValueError(f"confidence PNG has mode {img.mode!r}; expected L")

@@ -13,6 +13,12 @@ Mode policy (every conversion is recorded as the sample's `source_mode`):
 | I (32-bit int)             | as I;16 when every value is in 0..65535, else error      |
 | F, HSV, LAB, anything else | error `unsupported_mode` (no safe, meaning-preserving map) |
 
+Formats (docs/security.md): only raster decoders are ever reached, `Image.open(formats=...)`: the
+formats of the extensions in `io.image_extensions` (`decode_formats`; bytes of any of them are
+accepted under any of those extensions, as misnamed files are common), all of RASTER_FORMATS for
+the readers of a finished output. Anything else, such as PostScript in a `.jpg` (Pillow's EPS
+plugin would start Ghostscript), is an `unsupported_format` row; unrecognised bytes are `corrupt`.
+
 White, not black, under transparency: cut-out objects are authored to be seen on white pages, and
 a black background makes dark objects vanish into it.
 
@@ -25,6 +31,7 @@ the full (oriented) size, at which the labels are made.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import warnings
@@ -57,7 +64,24 @@ CORRUPT = ErrorKind.CORRUPT
 TOO_LARGE = ErrorKind.TOO_LARGE
 TOO_SMALL = ErrorKind.TOO_SMALL
 UNSUPPORTED_MODE = ErrorKind.UNSUPPORTED_MODE
+UNSUPPORTED_FORMAT = ErrorKind.UNSUPPORTED_FORMAT
 NO_IMAGE = ErrorKind.NO_IMAGE
+
+# Pillow raster formats by file extension. Vector and document formats (EPS, PDF, WMF) and
+# container formats with code-like parsers are left out on purpose: their bytes are never decoded.
+FORMATS_BY_EXTENSION: dict[str, tuple[str, ...]] = {
+    "jpg": ("JPEG",), "jpeg": ("JPEG",), "jpe": ("JPEG",), "jfif": ("JPEG",),  # phones' MPO too
+    "png": ("PNG",), "webp": ("WEBP",), "bmp": ("BMP",), "dib": ("BMP",), "gif": ("GIF",),
+    "tif": ("TIFF",), "tiff": ("TIFF",), "ppm": ("PPM",), "pgm": ("PPM",), "pbm": ("PPM",), "pnm": ("PPM",),
+    "tga": ("TGA",), "qoi": ("QOI",), "avif": ("AVIF",), "jp2": ("JPEG2000",), "j2k": ("JPEG2000",),
+}
+RASTER_FORMATS = tuple(sorted({f for formats in FORMATS_BY_EXTENSION.values() for f in formats}))
+
+
+def decode_formats(extensions: list[str]) -> tuple[str, ...]:
+    """The Pillow formats decoded for `io.image_extensions` (unknown or non-raster ones add none)."""
+    found = {f for ext in extensions for f in FORMATS_BY_EXTENSION.get(ext.lower().lstrip("."), ())}
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,7 @@ class DecodeLimits:
     max_pixels: int  # io.max_image_pixels: refuse before decoding anything bigger
     min_side: int  # the engine's patch size: a shorter side leaves no whole patch
     draft_to: Optional[InferenceSize] = None  # io.jpeg_draft: decode JPEGs no larger than needed for this
+    formats: tuple[str, ...] = RASTER_FORMATS  # Pillow formats opened (decode_formats(io.image_extensions))
 
 
 @dataclass
@@ -136,13 +161,44 @@ def _bomb(exc: Exception, limits: DecodeLimits) -> str:
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=openable_formats(limits.formats))
     except Image.DecompressionBombError as exc:
         raise SampleError(TOO_LARGE, _bomb(exc, limits)) from exc
     except UnidentifiedImageError as exc:
+        other = sniff_format(data)
+        if other is not None:
+            raise SampleError(UNSUPPORTED_FORMAT, f"{other} data is not decoded (accepted: "
+                                                  f"{', '.join(openable_formats(limits.formats)) or 'none'})") from None
         raise SampleError(CORRUPT, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SampleError(CORRUPT, f"cannot read image header: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def openable_formats(formats: tuple[str, ...]) -> list[str]:
+    """`formats` that this Pillow build can open (AVIF and JPEG 2000 depend on optional libraries)."""
+    Image.init()
+    return [f for f in formats if f in Image.OPEN]
+
+
+def sniff_format(data: bytes) -> Optional[str]:
+    """The Pillow format whose signature `data` starts with, by the plugins' prefix tests alone
+    (no plugin opens anything); None when none matches."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # noqa: BLE001 - a prefix test that trips on odd bytes says "not this one"
+            continue
+    return None
+
+
+def open_png(data: bytes) -> Image.Image:
+    """A PNG of a finished output (label and confidence masks), by the PNG decoder only."""
+    return Image.open(io.BytesIO(data), formats=["PNG"])
 
 
 def _exif_transpose(img: Image.Image) -> tuple[Image.Image, bool]:

@@ -94,6 +94,7 @@ class ErrorKind(enum.StrEnum):
     TOO_LARGE = "too_large"  # more pixels than io.max_image_pixels
     TOO_SMALL = "too_small"  # a side shorter than one patch
     UNSUPPORTED_MODE = "unsupported_mode"  # Pillow mode without a meaning-preserving RGB conversion
+    UNSUPPORTED_FORMAT = "unsupported_format"  # a file format that is not a raster image (EPS, PDF, ...), never decoded
     NO_IMAGE = "no_image"  # no member with an image extension
     TRUNCATED_TAR = "truncated_tar"  # the shard ended inside this sample
     DUPLICATE_KEY = "duplicate_key"  # key already seen earlier in the shard

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import DeviceFatalError, ShardInferenceError, TransientReadError
 from pipeline.engine.protocol import FullSizeEngine, LabelEngine, check_engine, engine_device
-from pipeline.io.decode import DecodeLimits, configure_pillow, decode_image
+from pipeline.io.decode import DecodeLimits, configure_pillow, decode_formats, decode_image
 from pipeline.io.masks import encode_masks, label_format
 from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard_path
@@ -121,7 +121,8 @@ class ShardLabeler:
         self.worker = worker
         self.progress = progress or (lambda p: None)
         self.fmt = label_format(engine, cfg)
-        self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg), draft_to(engine, cfg))
+        self.limits = DecodeLimits(cfg.io.max_image_pixels, min_side(engine, cfg), draft_to(engine, cfg),
+                                   decode_formats(cfg.io.image_extensions))  # raster decoders only
         # Whole-image engines batch by the size they infer at; others take any batch.
         self._batch_key = engine.inference_size if getattr(engine, "batches_by_shape", False) else None  # type: ignore[attr-defined]
         self.pool = ThreadPoolExecutor(decode_threads(cfg, engine_device(engine)),

@@ -206,7 +206,7 @@ def _check_png(
 ) -> None:
     key = row["key"]
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:  # the PNG decoder only (docs/security.md)
             if im.format != "PNG":
                 check.add("bad_mask", f"{member} is {im.format}, not PNG", key)
                 return
