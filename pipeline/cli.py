@@ -1,7 +1,9 @@
 """`pseudolabel` console entry point: a thin dispatcher over `pipeline.commands.*`.
 
 Subcommand modules are imported lazily so that `pseudolabel verify` does not pay for importing
-torch and open_clip.
+torch and open_clip. Every way a command can end badly is handled here, once: a `UserError`, a
+usage error, a file system error and Ctrl-C each print one line on stderr (no traceback; `-v`
+adds the traceback to the log) and exit 2, 2, 2 and 130.
 """
 from __future__ import annotations
 
@@ -9,6 +11,12 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn, Optional
+
+log = logging.getLogger("pipeline.cli")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # name -> (module under pipeline.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,62 +30,143 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selftrain": ("selftrain", "rounds of self-training: teacher labels, student, student relabels, retrain"),
     "export": ("export", "export an output as mmsegmentation / VOC folders or a Hugging Face dataset"),
     "pack": ("pack", "write WebDataset shards from a folder of images"),
+    "progress": ("progress", "progress of a run, read from its OUTPUT alone (any machine that can read it)"),
+    "env": ("env", "versions, devices, Ray and config paths, to paste into a bug report"),
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (what is wrong, where to look), like every other error of ours."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `--config FILE` / `--set KEY=VALUE` pair shared by every command that builds a Config."""
-    parser.add_argument("--config", help="YAML config merged over conf/default.yaml")
+    """The `--config FILE|PRESET` / `--set KEY=VALUE` pair shared by every command that builds a Config."""
+    parser.add_argument("--config", metavar="FILE|PRESET",
+                        help="YAML config merged over conf/default.yaml, or a preset name (ade20k, voc21, ...)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key (value in YAML syntax); repeatable",
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def add_json_argument(parser: argparse.ArgumentParser, what: str = "the results") -> None:
+    """`--json PATH`, the one spelling of JSON output in every command ('-' for stdout)."""
+    parser.add_argument("--json", metavar="PATH", help=f"also write {what} as JSON to PATH ('-' for stdout)")
+
+
+def deprecated(command: str, old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works."""
+    print(f"pseudolabel {command}: note: {old} is deprecated, use {new}", file=sys.stderr)
+
+
+def resolve_out(args: argparse.Namespace, positional: str, command: str, required: bool = True) -> Optional[str]:
+    """The destination, `--out DIR`, also accepted as the old positional (with a deprecation line)."""
+    from pipeline.errors import UserError
+
+    old, new = getattr(args, positional, None), getattr(args, "out", None)
+    if old is not None and new is not None and old != new:
+        raise UserError(f"two destinations: {old} and --out {new}; give only --out")
+    if old is not None and new is None:
+        deprecated(command, f"the positional destination ({old})", f"--out {old}")
+    dest = new if new is not None else old
+    if dest is None and required:
+        raise UserError("no destination: give --out DIR")
+    return dest
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # In subcommands the default is SUPPRESS so that `pseudolabel -v run ...` is not reset to False
+    # by the subcommand's own default: `-v` works before and after the subcommand.
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="log at DEBUG level, show Ray's own messages and tracebacks")
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole parser, or (`only`) one subcommand's: importing every command module would import
+    torch for `verify` too."""
+    parser = OneLineParser(
         prog="pseudolabel", description="Open-vocabulary dense pseudo-labels with ResCLIP, at corpus scale on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_global_flags(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"pseudolabel {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, (module, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        _add_global_flags(sp, top=False)
         _command_module(module).add_arguments(sp)
         sp.set_defaults(_module=module)
     return parser
+
+
+def package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("pseudolabel")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _command_module(module: str):
     return importlib.import_module(f"pipeline.commands.{module}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # Build only the chosen subcommand's parser eagerly when possible: importing every command
-    # module would import torch for `verify` too.
-    parser = build_parser() if not argv or argv[0] not in COMMANDS else _single_parser(argv[0])
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    try:
+        return _main(argv, command)
+    except KeyboardInterrupt:
+        # Anywhere, even while torch imports: one line, and what to do next when there is something.
+        hint = getattr(_command_module(COMMANDS[command][0]), "INTERRUPTED_HINT", "") if command else ""
+        print(f"pseudolabel{f' {command}' if command else ''}: interrupted{f'; {hint}' if hint else ''}",
+              file=sys.stderr)
+        if verbose:
+            log.debug("interrupted here", exc_info=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `pseudolabel verify OUT | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str], command: Optional[str]) -> int:
+    from pipeline.errors import UserError
+
+    # Build only the chosen subcommand's parser when it is named before any other positional.
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from pipeline.errors import UserError
+    from pipeline.redact import install_log_redaction
 
+    install_log_redaction()  # no log line of this process shows a credential (docs/security.md, threat 3)
     try:
         return int(_command_module(args._module).main(args) or 0)
     except UserError as exc:
-        print(f"pseudolabel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _one_line(args, str(exc), exc)
+    except UnicodeError as exc:  # a text file we were given is not UTF-8 and no reader caught it
+        return _one_line(args, f"a file is not valid UTF-8 text ({exc})", exc)
+    except OSError as exc:  # a file system refusing: missing file, permission, full disk
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _one_line(args, f"file system error{where}: {exc.strerror or exc}", exc)
 
 
-def _single_parser(name: str) -> argparse.ArgumentParser:
-    module, help_text = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog="pseudolabel")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser(name, help=help_text, description=help_text)
-    _command_module(module).add_arguments(sp)
-    sp.set_defaults(_module=module)
-    return parser
+def _one_line(args: argparse.Namespace, message: str, exc: BaseException) -> int:
+    first = " ".join(message.split("\n"))  # a message must never spill over lines
+    from pipeline.redact import redact_text
+
+    first = redact_text(first)  # e.g. a lock holder's command line, a URL with user:password
+    print(f"pseudolabel {args.command}: error: {first}", file=sys.stderr)
+    log.debug("traceback of the error above", exc_info=exc)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class VocabularyConfig:
     classes: Optional[list[str]] = None  # inline alternative to `file`, same per-entry syntax
     background: Optional[str] = None  # when set, a class of this name (and synonyms) is put at index 0
     templates: str = "openai_imagenet"  # prompt template set: a registered name or a text file, one per line with {}
+    shared_synonyms: bool = False  # allow one word in two classes (the authors' coco_object list has 'bed' twice)
 
 
 @dataclass
@@ -382,7 +383,8 @@ def resolve_config_path(path: str | Path) -> Path:
     for candidate in (CONF_DIR / "presets" / p, CONF_DIR / "presets" / f"{p}.yaml"):
         if candidate.is_file():
             return candidate
-    return p
+    known = ", ".join(sorted(c.stem for c in (CONF_DIR / "presets").glob("*.yaml")))
+    raise ConfigError(f"config {path} is neither a file nor a preset; presets: {known}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -15,13 +15,16 @@ log = logging.getLogger(__name__)
 
 EXIT_TOO_MANY_FAILURES = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+JSON_FLAG = "\0flag"  # `--json` with no PATH: the old flag, JSON on stdout
+INTERRUPTED_HINT = "re-run the same command to resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT",
                         help="shards: data/train-{000000..000127}.tar, a directory, a .txt list, or an "
                              "s3:// gs:// http(s):// file:// URL, or pipe:CMD with --allow-pipe")
-    parser.add_argument("output", metavar="OUTPUT", help="output directory or object-store prefix")
+    parser.add_argument("output", metavar="OUTPUT", nargs="?", help=argparse.SUPPRESS)  # old spelling of --out
+    parser.add_argument("--out", metavar="OUTPUT", help="output directory or object-store prefix")
     add_config_arguments(parser)
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, ray.address, "
                                               "else a local Ray)")
@@ -50,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check config, INPUT, vocabulary and checkpoint, print the plan (shards to label "
                              "and to skip, fingerprint, model) and exit 0 without starting Ray or writing anything")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    parser.add_argument("--json", dest="json_summary", action="store_true",
-                        help="print the run summary as JSON instead of a table")
+    parser.add_argument("--json", dest="json_summary", nargs="?", const=JSON_FLAG, metavar="PATH",
+                        help="also write the run summary (or with --dry-run the plan) as JSON to PATH "
+                             "('-' for stdout instead of the table)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     (one line, nothing half-written), 130 interrupted (Ctrl-C; re-running resumes)."""
     from pipeline.config import load_config
 
+    _old_spellings(args)
     cfg = load_config(args.config, args.overrides)
     try:
         packed = _packed_input(args, cfg)
@@ -75,6 +80,28 @@ def main(args: argparse.Namespace) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         raise UserError(f"file system error{where}: {exc.strerror or exc} (nothing of it was committed; "
                         "fix it and re-run the same command to resume)") from exc
+
+
+def _old_spellings(args: argparse.Namespace) -> None:
+    """`run INPUT OUTPUT` and `run ... --json` (a flag) keep working, each with a deprecation line."""
+    from pipeline.cli import deprecated, resolve_out
+
+    if args.json_summary not in (None, JSON_FLAG) and args.output is None and args.out is None:
+        # `run --json INPUT OUTPUT` (the old flag first): argparse took INPUT as the JSON path.
+        args.input, args.output, args.json_summary = args.json_summary, args.input, JSON_FLAG
+    args.output = resolve_out(args, "output", "run")
+    if args.json_summary == JSON_FLAG:
+        deprecated("run", "--json without a PATH", "--json -")
+        args.json_summary = "-"
+
+
+def _write_json(target: str, doc: Any) -> None:
+    text = json.dumps(doc, indent=1)
+    if target == "-":
+        print(text)
+    else:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
 
 
 def _packed_input(args: argparse.Namespace, cfg: Any) -> Optional[str]:
@@ -104,6 +131,8 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
 
     level = logging.getLogger().getEffectiveLevel()
     bar = None if args.no_progress else RichProgress()
+    if bar is not None:
+        bar.per_shard_guess = samples_in_first_local_shard(args.input)
     try:
         summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
                                ray_address=args.ray_address, progress=bar, log_level=level,
@@ -115,13 +144,12 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
     if args.json_summary:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(summary), indent=1))
-    else:
+        _write_json(args.json_summary, asdict(summary))
+    if args.json_summary != "-":
         print_summary(summary)
     if summary.exceeds(args.max_failure_rate):
-        print(f"pseudolabel run: failure rate too high in this run: {summary.shards_failed} of "
-              f"{summary.shards_pending} shards failed ({summary.shard_failure_rate:.1%}), "
-              f"{summary.sample_failure_rate:.2%} of its samples; see {args.output}/_stats.json", file=sys.stderr)
+        print(f"pseudolabel run: {failure_line(summary, args.max_failure_rate)}; see {args.output}/_stats.json",
+              file=sys.stderr)
         return EXIT_TOO_MANY_FAILURES
     return 0
 
@@ -134,8 +162,9 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe,
                     repair=args.repair)
     if args.json_summary:
-        print(json.dumps(asdict(plan), indent=1))
-        return 0
+        _write_json(args.json_summary, asdict(plan))
+        if args.json_summary == "-":
+            return 0
     more = plan.to_label_count - len(plan.to_label)
     print(f"pseudolabel run --dry-run: {plan.input} -> {plan.output}")
     print(f"  shards: {plan.shards_total} in INPUT, {plan.to_label_count} to label, {plan.to_skip_count} to skip "
@@ -145,6 +174,7 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     _print_relabel_plan(plan)
     print(f"  fingerprint: {plan.fingerprint}")
     print(f"  model: {plan.model} ({plan.weights})")
+    print(f"  {classes_line(cfg)}")
     if plan.pipe_commands:  # every one, exactly: the user checks what will run on the workers
         print(f"  pipe commands ({len(plan.pipe_commands)}, each run with /bin/sh -c on a worker):")
         for cmd in plan.pipe_commands:
@@ -165,6 +195,60 @@ def _print_relabel_plan(plan: Any) -> None:
         more = f" and {total - len(plan.damaged)} more" if total > len(plan.damaged) else ""
         kinds = ", ".join(f"{k}={n}" for k, n in damaged.items())
         print(f"  damaged (relabeled): {total} ({kinds}): {', '.join(plan.damaged)}{more}")
+
+
+def samples_in_first_local_shard(input_spec: str) -> Optional[int]:
+    """Samples (distinct keys) of one local shard of INPUT, read from its tar headers: the images
+    bar has a total and an ETA from the start. None for remote inputs (no extra requests)."""
+    import os
+    import tarfile
+    from pathlib import Path
+
+    from braceexpand import braceexpand
+
+    spec = next(iter(braceexpand(input_spec)), input_spec) if "{" in input_spec else input_spec
+    if "://" in spec or spec.startswith("pipe:") or any(c in spec for c in "*?["):
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        with os.scandir(path) as entries:  # any shard will do: stop at the first
+            path = next((Path(e.path) for e in entries if e.name.lower().endswith(".tar")), None)
+    if path is None or not path.is_file() or not path.name.lower().endswith(".tar"):
+        return None
+    try:
+        with tarfile.open(path) as tar:
+            # WebDataset's key: the member's path up to the first dot of its file name
+            keys = {m.name.rpartition("/")[0] + "/" + m.name.rpartition("/")[2].split(".")[0]
+                    for m in tar if m.isfile()}
+    except (OSError, tarfile.TarError):
+        return None
+    return len(keys) or None
+
+
+def failure_line(summary: Any, limit: Optional[float]) -> str:
+    """Why exit 1: how many failed, against which limit, and the flag that moves it."""
+    from pipeline.run.summary import DEFAULT_MAX_SAMPLE_FAILURE
+
+    images = summary.images_ok + summary.images_failed
+    what = (f"{summary.shards_failed} of {summary.shards_pending} shards and {summary.images_failed} of {images} "
+            f"images failed in this run ({summary.sample_failure_rate:.1%} of images)")
+    if limit is None:
+        allowed = f"the default limit is no failed shard and {DEFAULT_MAX_SAMPLE_FAILURE:.0%} of images"
+    else:
+        allowed = f"above --max-failure-rate {limit:g}"
+    return f"{what}: {allowed}; pass --max-failure-rate R (0..1) to accept more"
+
+
+def classes_line(cfg: Any, limit: int = 60) -> str:
+    """The classes as parsed (synonyms in brackets), the first `limit` of them."""
+    if cfg.model.student:
+        return "classes: those stored in the student file"
+    from pipeline.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(cfg.vocabulary)
+    shown = [group[0] + (f" ({', '.join(group[1:])})" if len(group) > 1 else "") for group in vocab.synonyms[:limit]]
+    more = f" and {len(vocab) - limit} more" if len(vocab) > limit else ""
+    return f"classes ({len(vocab)}): {', '.join(shown)}{more}"
 
 
 def _rate(text: str) -> float:
@@ -190,23 +274,34 @@ class RichProgress:
         self.images: Optional[Any] = None
         self.done_shards = 0
         self.done_samples = 0  # samples in finished shards, to estimate the images total
+        self.per_shard_guess: Optional[float] = None  # samples in one shard, read before the run (a local tar)
+        self.total_shards = 0
 
     def start(self, total_shards: int, skipped: int) -> None:
         self.bar.start()
+        self.total_shards = total_shards
         self.shards = self.bar.add_task(f"shards ({skipped} skipped)", total=total_shards, rate="")
-        self.images = self.bar.add_task("images", total=None, rate="")
+        self.images = self.bar.add_task("images", total=self._images_total(0), rate="")
+
+    def _images_total(self, samples: int) -> Optional[int]:
+        """Images of this run: shards x samples per shard, from finished shards once there are some,
+        else from the guess; None (an open bar) only for remote inputs before the first shard."""
+        if self.done_shards:
+            per_shard = self.done_samples / self.done_shards
+        elif self.per_shard_guess:
+            per_shard = self.per_shard_guess
+        else:
+            return None
+        left = max(0, self.total_shards - self.done_shards)
+        return max(samples, int(round(self.done_samples + per_shard * left)))
 
     def update(self, samples: int, ok: int, errors: int) -> None:
         if self.images is None:
             return
         task = self.bar.tasks[self.images]
-        total = None
-        if self.done_shards and self.shards is not None:
-            # The number of images is unknown until every tar is read: extrapolate from finished shards.
-            per_shard = self.done_samples / self.done_shards
-            total = max(samples, int(per_shard * self.bar.tasks[self.shards].total))
         speed = f"{task.speed:.1f} img/s" if task.speed else ""
-        self.bar.update(self.images, completed=samples, total=total, rate=f"{speed} {errors} failed")
+        self.bar.update(self.images, completed=samples, total=self._images_total(samples),
+                        rate=f"{speed} {errors} failed")
 
     def shard_finished(self, result: Any) -> None:
         self.done_shards += 1
@@ -218,8 +313,12 @@ class RichProgress:
         self.bar.stop()
 
 
+MIN_SHOWN_SHARE = 0.001  # classes under 0.1% of labeled pixels are counted in one row, not listed
+
+
 def print_summary(summary: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"pseudolabel run -> {summary.output}", show_header=False)
@@ -252,8 +351,13 @@ def print_summary(summary: Any) -> None:
     if summary.shards_failed > len(summary.failed_shards):
         table.add_row("  this run, more failed shards", f"{summary.shards_failed - len(summary.failed_shards)} (counted, not listed)")
     shares = sorted(summary.class_pixel_share.items(), key=lambda kv: -kv[1])
-    for name, share in shares:
-        table.add_row(f"  dataset, class {name}", f"{share:.1%}")
+    shown = [(name, share) for name, share in shares if share >= MIN_SHOWN_SHARE]
+    for name, share in shown:
+        table.add_row(f"  dataset, class {escape(str(name))}", f"{share:.1%}")
+    if len(shown) < len(shares):
+        absent = sum(1 for _, share in shares if share == 0)
+        table.add_row(f"  dataset, {len(shares) - len(shown)} more classes",
+                      f"{absent} never seen, {len(shares) - len(shown) - absent} under {MIN_SHOWN_SHARE:.1%}")
     Console().print(table)
     if summary.relabeled:  # one plain line a log reader can grep: "2 changed inputs relabeled"
         from pipeline.run.shard_check import describe_counts

@@ -56,7 +56,7 @@ def load_clip(cfg: ModelConfig) -> LoadedClip:
     return LoadedClip(model, mean, std, identity)
 
 
-def _load_tag(cfg: ModelConfig) -> nn.Module:
+def _check_tag_name(cfg: ModelConfig) -> None:
     import open_clip
 
     if cfg.name not in open_clip.list_models():
@@ -64,6 +64,56 @@ def _load_tag(cfg: ModelConfig) -> nn.Module:
     tags = open_clip.list_pretrained_tags_by_model(cfg.name)
     if cfg.pretrained not in tags:
         raise ModelLoadError(f"{cfg.pretrained!r} is neither a file nor a tag of {cfg.name} (tags: {', '.join(tags)})")
+
+
+def check_tag_weights(cfg: ModelConfig) -> Optional[str]:
+    """Before any worker starts: the open_clip tag exists and its weights can be had here, from the
+    local cache or (when the hub answers) by download. Returns the cached file, or None when the
+    workers will download it; offline and not cached is a `ModelLoadError` that says what to do."""
+    _check_tag_name(cfg)
+    cached = cached_tag_file(cfg)
+    if cached is not None:
+        return cached
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or not _hub_reachable():
+        raise ModelLoadError(
+            f"open_clip weights {cfg.name}/{cfg.pretrained} are not cached here and the hub cannot be reached; "
+            f"pass a local checkpoint: --set model.pretrained=/path/to/{cfg.name}.pt (or run once where "
+            f"huggingface.co answers, or point model.cache_dir at a cache that holds them)")
+    return None
+
+
+def cached_tag_file(cfg: ModelConfig) -> Optional[str]:
+    """Where open_clip would find the tag's weights without a download (its own lookup rules:
+    the hub cache when the tag names a hub file, else the URL's file name under the cache dir)."""
+    import os
+
+    from open_clip import pretrained as oc
+
+    entry = oc.get_pretrained_cfg(cfg.name, cfg.pretrained)
+    if entry.get("file"):
+        return entry["file"] if os.path.isfile(entry["file"]) else None
+    if entry.get("hf_hub") and oc.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(entry["hf_hub"])
+        filename = filename or oc.HF_WEIGHTS_NAME
+        for name in (*oc._get_safe_alternatives(filename), filename):
+            hit = try_to_load_from_cache(model_id, name, cache_dir=cfg.cache_dir)
+            if isinstance(hit, str):  # else None or the "known missing" marker
+                return hit
+        return None
+    if entry.get("url"):
+        target = os.path.join(cfg.cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(entry["url"]))
+        return target if os.path.isfile(target) else None
+    return None
+
+
+def _load_tag(cfg: ModelConfig) -> nn.Module:
+    import open_clip
+
+    _check_tag_name(cfg)
     online = _hub_reachable()
     try:
         # Offline, look only in the local cache: the hub client would otherwise retry for ~45 s.

@@ -30,10 +30,14 @@ class Preflight:
 def preflight(input_spec: str, output: str, cfg: Config, *, allow_pipe: bool = False) -> Preflight:
     """`allow_pipe`: the command line's --allow-pipe (pipeline.io.shards: never from a list or config)."""
     check_output(output)
-    shards = expand_input(input_spec, cfg.io.storage_options, allow_pipe=allow_pipe)
+    try:
+        shards = expand_input(input_spec, cfg.io.storage_options, allow_pipe=allow_pipe)
+    except UserError as exc:
+        raise expand_local_hint(input_spec, exc) from exc
     check_local_shards(input_spec, shards)
     identity = resolve_identity(cfg)
     check_checkpoints(cfg)
+    check_tag_weights(cfg)
     return Preflight(shards, identity)
 
 
@@ -62,6 +66,22 @@ def check_output(output: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"OUTPUT {output} cannot be created: {parent} is not a writable directory")
+
+
+def check_tag_weights(cfg: Config) -> None:
+    """An open_clip tag (`model.pretrained: openai`, every preset's default) must be in the local
+    cache, or the hub reachable, before Ray starts: not a failure of every worker a minute later."""
+    from pipeline.identity import CHECKPOINT_SUFFIXES, RANDOM_TAGS
+
+    model = cfg.model
+    if model.student or model.pretrained in RANDOM_TAGS:
+        return
+    path = Path(model.pretrained).expanduser()
+    if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
+        return  # a file: resolve_identity has read and hashed it
+    from pipeline.engine.loading import check_tag_weights as check_tag
+
+    check_tag(model)
 
 
 def check_checkpoints(cfg: Config) -> None:
@@ -109,7 +129,33 @@ def check_local_shards(input_spec: str, shards: list[ShardSpec]) -> None:
     paths = [local_path(s.url) for s in shards]
     if any(p is None for p in paths):
         return  # remote or pipe: shards are opened by the workers (their errors are per shard)
-    if not any(p is not None and p.is_file() for p in paths):
+    existing = next((p for p in paths if p is not None and p.is_file()), None)
+    if existing is None:
         first = paths[0]
         raise UserError(f"INPUT {input_spec}: none of its {len(shards)} shard(s) exists "
                         f"(first: {first}); check the path or brace pattern")
+    check_is_tar(input_spec, existing)
+
+
+def check_is_tar(input_spec: str, path: Path) -> None:
+    """A file named as INPUT that is not a tar (a photo, a PDF) is refused here, not after Ray
+    started: one file, its name first, its header only when the name does not say."""
+    import tarfile
+
+    from pipeline.io.shards import SHARD_SUFFIXES
+
+    if path.name.lower().endswith(SHARD_SUFFIXES) or tarfile.is_tarfile(path):
+        return
+    raise UserError(f"INPUT {input_spec}: {path} is not a tar shard; label single images with "
+                    f"`pseudolabel predict IMAGE --out DIR`, or pack a folder of images first: "
+                    f"`pseudolabel pack DIR --out SHARDS`, then `pseudolabel run SHARDS --out OUTPUT`")
+
+
+def expand_local_hint(input_spec: str, exc: UserError) -> UserError:
+    """`run photos/` on a folder with neither shards nor images: say what to do next. (A folder
+    of images is taken by `run` itself before this, see pipeline.io.shards.)"""
+    path = local_path(input_spec)
+    if path is None or not path.is_dir():
+        return exc
+    return UserError(f"INPUT {input_spec} is a folder with no .tar shards in it; to label a folder of images, "
+                     f"run `pseudolabel pack {input_spec} --out SHARDS` first, then `pseudolabel run SHARDS ...`")

@@ -17,7 +17,8 @@ SETTINGS = ["batch_size=4", "io.decode_threads=2", "ray.cpu_actors=1"]
 
 def cli(tiny_overrides, *args):
     sets = [a for s in [*tiny_overrides, *SETTINGS] for a in ("--set", s)]
-    return [sys.executable, "-m", "pipeline.cli", "run", *map(str, args), *sets, "--no-progress"]
+    inp, out, *rest = map(str, args)
+    return [sys.executable, "-m", "pipeline.cli", "run", inp, "--out", out, *rest, *sets, "--no-progress"]
 
 
 def run_cli(tiny_overrides, *args, timeout=240):

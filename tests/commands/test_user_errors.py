@@ -1,0 +1,194 @@
+"""Every user error of issue 21 through the command line: one line on stderr, exit 2 (130 for
+Ctrl-C), never a traceback. In-process through `pipeline.cli.main` where possible (no Ray is
+started: each error is found before), subprocesses only for signals and the console entry."""
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.config import VocabularyConfig
+from pipeline.vocabulary import load_vocabulary, read_vocabulary_file
+from tests.support import REPO, env_without
+
+TINY = REPO / "tests" / "fixtures" / "golden" / "tiny_clip_openai.pt"
+CHEAP = ["--set", "model.pretrained=random", "--set", "vocabulary.templates=single"]  # no open_clip import
+
+
+def one_line_error(capsys, rc, *needles, code=2):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == code, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """One real (tiny) tar shard in a folder."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(buf, format="PNG")
+    with tarfile.open(folder / "s-000000.tar", "w") as tar:
+        info = tarfile.TarInfo("k0.png")
+        info.size = len(buf.getvalue())
+        tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return folder
+
+
+def dry_run(shards, tmp_path, *extra):
+    return main(["run", str(shards), "--out", str(tmp_path / "out"), "--dry-run", *CHEAP, *extra])
+
+
+# -- vocabularies ---------------------------------------------------------------------------------
+
+def test_latin1_vocabulary_names_file_and_line(shards, tmp_path, capsys):
+    vocab = tmp_path / "v.txt"
+    vocab.write_bytes("sky\ndog\ncaf\xe9\n".encode("latin-1"))
+    line = one_line_error(capsys, dry_run(shards, tmp_path, "--set", f"vocabulary.file={vocab}"),
+                          str(vocab), "line 3", "UTF-8")
+    assert line.startswith("pseudolabel run: error:")
+
+
+def test_yaml_entry_that_is_a_number_is_one_line(shards, tmp_path, capsys):
+    vocab = tmp_path / "v.yaml"
+    vocab.write_text("- cat\n- [dog, puppy]\n- 3\n")
+    one_line_error(capsys, dry_run(shards, tmp_path, "--set", f"vocabulary.file={vocab}"), "line 3", "3")
+
+
+def test_duplicate_class_and_shared_synonym_refused_with_line_numbers(shards, tmp_path, capsys):
+    dup = tmp_path / "dup.txt"
+    dup.write_text("sky\ndog\n\ncat\nDog\n")
+    one_line_error(capsys, dry_run(shards, tmp_path, "--set", f"vocabulary.file={dup}"), "line 2", "line 5", "dog")
+    syn = tmp_path / "syn.txt"
+    syn.write_text("sky\ndog, puppy\ncat, puppy\n")
+    one_line_error(capsys, dry_run(shards, tmp_path, "--set", f"vocabulary.file={syn}"),
+                   "'puppy'", "line 2", "line 3")
+    # A list that shares a word on purpose (the authors' coco_object) says so in the config.
+    vocab = load_vocabulary(VocabularyConfig(file=str(syn), shared_synonyms=True))
+    assert vocab.names == ["sky", "dog", "cat"]
+
+
+def test_background_equal_to_a_class_is_refused(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("background\ncat\n")
+    with pytest.raises(Exception, match="background"):
+        load_vocabulary(VocabularyConfig(file=str(path), background="background"))
+
+
+def test_bom_is_stripped_from_the_first_class(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_bytes(b"\xef\xbb\xbfsky, clouds\r\ntree\r\n")
+    assert read_vocabulary_file(path).synonyms == (("sky", "clouds"), ("tree",))
+
+
+def test_unknown_vocabulary_and_preset_list_the_known_names(shards, tmp_path, capsys):
+    one_line_error(capsys, dry_run(shards, tmp_path, "--set", "vocabulary.file=ade20"), "ade20k", "voc21")
+    one_line_error(capsys, dry_run(shards, tmp_path, "--config", "ade20"), "presets:", "ade20k", "voc21")
+
+
+def test_dry_run_prints_the_parsed_classes(shards, tmp_path, capsys):
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("sky, clouds\ntree\n")
+    assert dry_run(shards, tmp_path, "--set", f"vocabulary.file={vocab}") == 0
+    out = capsys.readouterr().out
+    assert "classes (2): sky (clouds), tree" in out
+
+
+# -- INPUT and weights, before Ray ----------------------------------------------------------------
+
+def test_a_photo_as_input_is_refused_before_ray(tmp_path, capsys):
+    photo = tmp_path / "coffee.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    rc = main(["run", str(photo), "--out", str(tmp_path / "out"), *CHEAP, "--set", "vocabulary.file=voc21"])
+    one_line_error(capsys, rc, "not a tar shard", "pseudolabel predict", "pseudolabel pack")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_without_shards_says_pack_first(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.run.preflight import expand_local_hint
+
+    (tmp_path / "notes.txt").write_text("x")
+    hint = expand_local_hint(str(tmp_path), UserError("names no shards"))
+    assert "pseudolabel pack" in str(hint) and "first" in str(hint)
+
+
+def test_uncached_open_clip_tag_fails_in_preflight(shards, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    rc = main(["run", str(shards), "--out", str(tmp_path / "out"), "--dry-run", "--set", "vocabulary.file=voc21",
+               "--set", "model.pretrained=openai", "--set", f"model.cache_dir={tmp_path / 'empty-cache'}"])
+    one_line_error(capsys, rc, "not cached here", "model.pretrained=/path/to/")
+
+
+# -- usage, conventions ---------------------------------------------------------------------------
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--format", "nope"])
+    one_line_error(capsys, exc.value.code, "pseudolabel export", "--help")
+
+
+def test_verbose_after_the_subcommand(shards, tmp_path, capsys):
+    assert main(["run", str(shards), "--out", str(tmp_path / "o"), "--dry-run", "-v", *CHEAP,
+                 "--set", "vocabulary.file=voc21"]) == 0
+
+
+def test_version_and_env_for_bug_reports(tmp_path):
+    version = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True,
+                             cwd=REPO, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("pseudolabel ")
+    assert main(["env", "--json", str(tmp_path / "env.json")]) == 0
+    import json
+
+    facts = json.loads((tmp_path / "env.json").read_text())
+    assert {"torch", "open_clip", "ray", "pyarrow"} <= set(facts["packages"]) and facts["devices"]
+
+
+def test_old_spellings_still_work_with_a_deprecation_line(shards, tmp_path, capsys):
+    assert main(["run", str(shards), str(tmp_path / "o"), "--dry-run", *CHEAP, "--set", "vocabulary.file=voc21"]) == 0
+    err = capsys.readouterr().err
+    assert "deprecated" in err and "--out" in err
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+def interrupt(args, after_s=3.0, timeout=180):
+    """Start `pseudolabel ARGS`, send SIGINT once it is blocked, return (rc, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env_without("RAY_ADDRESS"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def fifo(path):
+    os.mkfifo(path)  # opening it for reading blocks until a writer comes: the command waits there
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_in_predict_is_one_line_exit_130(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 24)).save(image)
+    weights = fifo(tmp_path / "weights.pt")
+    rc, err = interrupt(["predict", str(image), "--out", str(tmp_path / "o"), "--set", f"model.pretrained={weights}",
+                         "--set", "vocabulary.file=voc21"])
+    assert rc == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.strip()] == ["pseudolabel predict: interrupted"]
