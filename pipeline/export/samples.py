@@ -110,11 +110,17 @@ def select(output: str, sample_filter: Optional[SampleFilter], images_root: Opti
 
 def _lowest(out: OutputDir, selection: Selection, sample_filter: SampleFilter, n: int) -> Selection:
     """Narrow `selection` to the `n` kept samples of lowest mean confidence (ties: input order)."""
-    columns = ["key", "status", "mask_shard", "image_member", "mean_confidence"]
+    from pipeline.io.pack import superseded
+
+    columns = ["key", "status", "mask_shard", "image_member", "mean_confidence", "source_shard"]
     if sample_filter.required_classes or sample_filter.excluded_classes:
         columns += ["classes", "class_pixels"]
     manifest = out.load_manifest(columns=columns)
     kept = manifest[sample_filter.mask(manifest, selection.info) & manifest["image_member"].notna()]
+    older = set().union(*(superseded(str(url)) for url in kept["source_shard"].unique()))
+    if older:  # a photo packed again after it changed: only its newer version is up for review
+        stems = [str(url).rsplit("/", 1)[-1].split(".")[0] for url in kept["source_shard"]]
+        kept = kept[[(stem, str(key)) not in older for stem, key in zip(stems, kept["key"])]]
     chosen = kept.sort_values("mean_confidence", kind="stable").head(n)
     wanted: dict[str, dict[str, float]] = {}
     for shard, key, conf in zip(chosen["shard"], chosen["key"], chosen["mean_confidence"]):
