@@ -115,8 +115,11 @@ def _packed_input(args: argparse.Namespace, cfg: Any) -> Optional[str]:
     from pipeline.commands.pack import detail_lines, summary_line
 
     shards, result = pack_for_run(args.input, args.output, cfg.io.image_extensions, dry_run=args.dry_run)
-    verb = "would pack" if args.dry_run else "packed"
-    line = summary_line(result, shards).replace("packed", verb, 1)
+    if args.dry_run:
+        line = f"would pack {result.samples} new images into {shards}" + (
+            f"; {result.unchanged} already packed" if result.unchanged else "")
+    else:
+        line = summary_line(result, shards)
     print(f"pseudolabel run: INPUT {args.input} is a folder of photos; {line}", file=sys.stderr)
     for detail in detail_lines(result):
         print(f"  {detail}", file=sys.stderr)

@@ -179,14 +179,16 @@ def pack_folder(root: str | Path, out: str | Path, per_shard: int = 1000, prefix
         raise UserError(f"--prefix {prefix!r}: use letters, digits, '.', '_' and '-' only")
     extensions = tuple(e.lower().lstrip(".") for e in extensions if e.strip())
     result = PackResult([], 0, extensions=extensions)
-    files = image_files(root, extensions, result.left_out, exclude=exclude)
+    files = image_files(root, extensions, result.left_out, exclude=exclude or out)  # OUT inside DIR: not an input
     if not files:
         raise UserError(f"no image ({', '.join(extensions)}) under {root}; "
                         f"{'; '.join(result.describe_left_out()) or 'the folder is empty'}")
     if not (out / INDEX_DIR).is_dir() and any(out.glob("*.tar")):
         raise UserError(f"{out} holds shards that `pack` did not write (no {out / INDEX_DIR}); pack into a new folder")
     if dry_run:
-        new, changed = PackState.load(out, prefix).new_files(files)
+        state = PackState.load(out, prefix)
+        new, changed = state.new_files(files)
+        result.existing_shards = len(state.shards)
         result.samples, result.unchanged, result.changed = len(new), len(files) - len(new), [f.rel for f, _ in changed]
         return result
     out.mkdir(parents=True, exist_ok=True)
@@ -243,9 +245,13 @@ def _locked(out: Path) -> Iterator[None]:
     import fcntl
 
     (out / INDEX_DIR).mkdir(exist_ok=True)
-    with open(out / INDEX_DIR / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    # O_NOFOLLOW: a symlink planted at the lock's name is refused, never written through
+    fd = os.open(out / INDEX_DIR / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -164,3 +164,30 @@ def test_an_interrupted_pack_leaves_nothing_counted(tmp_path):
     again = pack_folder(photos, out, per_shard=3)
     assert [p.name for p in again.shards] == ["shard-000001.tar"] and again.unchanged == 3
     assert _shard_bytes(out) == whole
+
+
+def test_run_dry_run_on_a_photo_folder_writes_nothing(tmp_path, tiny_overrides, capsys):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    make_folder(photos)
+    sets = [a for s in tiny_overrides for a in ("--set", s)]
+    assert cli(["run", str(photos), str(out), "--dry-run", *sets]) == 0
+    captured = capsys.readouterr()
+    assert f"is a folder of photos; would pack 4 new images into {out / '_input'}" in captured.err
+    assert "nothing written, Ray not started" in captured.out
+    assert not out.exists()
+    pack_folder(photos, out / "_input")  # what the first real run does
+    (photos / "more.png").write_bytes(encode(rgb_image(32, 32, 5)))
+    assert cli(["run", str(photos), str(out), "--dry-run", *sets]) == 0
+    captured = capsys.readouterr()
+    assert "would pack 1 new images" in captured.err and "4 already packed" in captured.err
+    assert "1 in INPUT, 1 to label" in captured.out  # the packed shard; the new photo is not packed yet
+    assert sorted(p.name for p in (out / "_input").glob("*.tar")) == ["shard-000000.tar"]
+
+
+def test_pack_into_a_folder_inside_the_photos_skips_itself(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos)
+    pack_folder(photos, photos / "shards")
+    (photos / "shards" / "stray.png").write_bytes(encode(rgb_image(32, 32, 6)))
+    again = pack_folder(photos, photos / "shards")
+    assert again.samples == 0 and again.unchanged == 4
