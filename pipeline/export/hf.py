@@ -33,10 +33,14 @@ SCHEMA = pa.schema([("key", pa.string()), ("image", _IMAGE), ("label", _IMAGE), 
                    metadata={"huggingface": json.dumps({"info": {"features": _FEATURES}})})
 
 
+FILE_BYTES = 256 * 2**20  # a Parquet file is written once its rows hold this many image bytes
+
+
 class _SplitWriter:
     def __init__(self, dest: Path, split: str, rows_per_file: int):
         self.dest, self.split, self.rows_per_file = dest, split, rows_per_file
         self.rows: list[dict] = []
+        self.bytes = 0  # held in memory: 1000 re-encoded 12 MP photos would be ~4 GB
         self.files = 0
         self.count = 0
 
@@ -44,7 +48,8 @@ class _SplitWriter:
         self.rows.append({"key": s.key, "image": {"bytes": image, "path": f"{s.key}{suffix}"},
                           "label": {"bytes": label_png, "path": f"{s.key}.png"}, "original_path": s.original_path})
         self.count += 1
-        if len(self.rows) >= self.rows_per_file:
+        self.bytes += len(image) + len(label_png)
+        if len(self.rows) >= self.rows_per_file or self.bytes >= FILE_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -55,6 +60,7 @@ class _SplitWriter:
             pq.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), tmp)
         self.files += 1
         self.rows = []
+        self.bytes = 0
 
 
 def write_hf(dest: Path, samples: Iterable[ExportSample], names: list[str], colors: list[tuple[int, int, int]],
