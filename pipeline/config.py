@@ -125,6 +125,9 @@ class IOConfig:
     # An image member declaring more bytes is a too_large row, skipped unread (checked on the tar
     # header, before reading). 256 MiB: a 89-Mpixel PNG at ~3 bytes/pixel still fits.
     max_member_bytes: int = 268_435_456
+    # A gzip/bz2/xz shard that expands more than this many times the compressed bytes read (past a
+    # 64 MiB allowance) is stopped as a decompression bomb: a failed shard. 0 = no limit.
+    max_expansion_ratio: float = 100.0
     decode_threads: int = 0  # decoding/encoding threads per actor; 0 = auto: cores per GPU, or 2 on CPU
     prefetch_batches: int = 2  # decoded batches queued ahead of inference; whole-image mode regroups as many by shape
     png_compression: int = 1  # zlib level for mask PNGs: 1 is ~5x faster than 6 for ~10% more bytes
@@ -239,6 +242,7 @@ RANGES: dict[str, Range] = {
     "inference.max_crops_per_forward": Range(0, note="0 = auto"),
     "io.max_image_pixels": Range(1),
     "io.max_member_bytes": Range(1024, 2**40),
+    "io.max_expansion_ratio": Range(0, note="0 = no limit"),
     "io.decode_threads": Range(0, note="0 = auto"),
     "io.prefetch_batches": Range(1),
     "io.png_compression": Range(0, 9),

@@ -11,8 +11,11 @@ Every member is accounted for: it belongs to a sample row, or it is counted in
 `ReadReport.skipped` by reason (`SKIP_REASONS`: not a regular file, hidden, no extension). A
 member whose key and extension already appeared in the sample being read (`c.jpg` twice in a
 row) starts a new sample, which, like any later sample reusing a key, is a `duplicate_key` row.
-Keys with a `..` component or an absolute path are `unsafe_key` rows: they never become mask
-member names. An image member declaring more than `max_member_bytes` is a `too_large` row and is
+Keys with a `..` component or an absolute path, a control or line-separator character (a newline
+would split a line of an export's split file), a path component longer than MAX_COMPONENT_BYTES
+(no file system holds a 255-byte name plus `.label.png`) or more than MAX_KEY_BYTES in all are
+`unsafe_key` rows: they never become mask member names. Such a key is recorded shortened
+(`shown_key`), so that a hostile header cannot make every record of the shard hold a megabyte. An image member declaring more than `max_member_bytes` is a `too_large` row and is
 skipped unread.
 
 Tar-level problems never raise out of `iter_samples`: they end the iteration and are recorded in
@@ -25,9 +28,11 @@ raise: the shard must be retried, not recorded as truncated.
 """
 from __future__ import annotations
 
+import hashlib
 import lzma
 import posixpath
 import tarfile
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -35,13 +40,22 @@ from typing import Any, Iterator, Optional
 from pipeline.io.layout import ErrorKind
 from pipeline.io.records import SampleError, SampleResult
 from pipeline.io.storage import open_input
-from pipeline.io.tarstream import Cursor, member_bytes, members, open_cursor
+from pipeline.io.tarstream import DEFAULT_MAX_EXPANSION, Cursor, member_bytes, members, open_cursor
 
 TRUNCATED_TAR = ErrorKind.TRUNCATED_TAR
 DUPLICATE_KEY = ErrorKind.DUPLICATE_KEY
 UNSAFE_KEY = ErrorKind.UNSAFE_KEY
 BLOCK = 512
 DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20  # io.max_member_bytes's default (pipeline/config.py)
+# Longest path component of a key (UTF-8 bytes): file systems hold 255, and exports and extractors
+# add suffixes such as `.label.png` to it. Longest key in all: far below PATH_MAX (4096).
+MAX_COMPONENT_BYTES = 200
+MAX_KEY_BYTES = 1024
+SHOWN_KEY_CHARS = 120  # of an over-long unsafe key kept in its row, plus a digest of the whole
+# Unicode categories that are no part of a name: controls (newline, NUL, ESC...), surrogates (bytes
+# that are not UTF-8), line and paragraph separators (str.splitlines() splits on them).
+_UNSAFE_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # reorder displayed text
 # Everything a broken stream can raise while being parsed or decompressed. Not TransientReadError.
 STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 # Why a member belongs to no sample: the keys of ReadReport.skipped and of `skipped_members`.
@@ -73,6 +87,7 @@ class _Pending:
     rank: int = 1 << 30  # preference of the kept image extension (lower is better)
     broken: bool = False  # a member of this sample was cut off by the end of the data
     too_large: Optional[str] = None  # why the preferred image member was not read
+    unsafe: Optional[str] = None  # why the key is unsafe (key_problem of the key as read), None when safe
     exts: set[str] = field(default_factory=set)  # extensions seen in this sample, lower case
 
 
@@ -85,14 +100,16 @@ class _Shape:
 
 def iter_samples(url: str, extensions: list[str], report: ReadReport,
                  options: Optional[dict[str, Any]] = None, *,
-                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SampleResult]:
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                 max_expansion: float = DEFAULT_MAX_EXPANSION) -> Iterator[SampleResult]:
     """Yield one SampleResult per sample of the shard at `url`, in order; fill `report` as it goes.
-    Raises `pipeline.errors.TransientReadError` when the input stream itself failed."""
+    `max_expansion`: io.max_expansion_ratio (pipeline.io.tarstream). Raises
+    `pipeline.errors.TransientReadError` when the input stream itself failed."""
     shape = _Shape([e.lower().lstrip(".") for e in extensions], max_member_bytes)
     pending: Optional[_Pending] = None
     try:
         with open_input(url, options) as raw:
-            cursor = open_cursor(raw, url, max_member_bytes)
+            cursor = open_cursor(raw, url, max_member_bytes, max_expansion=max_expansion)
             tar = tarfile.open(fileobj=cursor, mode="r:")  # type: ignore[call-overload]
             for member in members(tar):
                 report.members += 1
@@ -100,11 +117,12 @@ def iter_samples(url: str, extensions: list[str], report: ReadReport,
                 if key is None:
                     report.skip(reason)
                     continue
+                full, key = key, shown_key(key)
                 if pending is not None and (key != pending.key or ext.lower() in pending.exts):
                     yield _finish(pending, url, shape, report)
                     pending = None
                 if pending is None:
-                    pending = _Pending(key, report.samples)
+                    pending = _Pending(key, report.samples, unsafe=key_problem(full))
                 _read_member(cursor, tar, member, ext, pending, shape)
             _check_end(cursor, tar.offset)
     except STREAM_ERRORS as exc:
@@ -125,9 +143,33 @@ def split_member_name(name: str) -> tuple[Optional[str], str]:
 
 
 def unsafe_key(key: str) -> bool:
-    """A key that would escape the folder a tool extracts a mask shard into (`../x`, `/etc/x`)."""
+    """A key that is unsafe as a file or member name; see `key_problem`."""
+    return key_problem(key) is not None
+
+
+def key_problem(key: str) -> Optional[str]:
+    """Why `key` is unsafe as a member name or a path under an export folder, None when it is not:
+    it would escape the folder (`../x`, `/etc/x`), holds a character that breaks lines or display,
+    or is too long for a file system."""
     parts = key.replace("\\", "/").split("/")
-    return key.startswith(("/", "\\")) or ".." in parts
+    if key.startswith(("/", "\\")) or ".." in parts:
+        return "has a '..' component or is an absolute path"
+    if any(unicodedata.category(c) in _UNSAFE_CATEGORIES or c in _BIDI_CONTROLS for c in key):
+        return "holds a control, line-separator or text-direction character"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES for p in parts):
+        return f"has a path component longer than {MAX_COMPONENT_BYTES} bytes (file systems hold 255)"
+    return None
+
+
+def shown_key(key: str) -> str:
+    """`key` as recorded: itself, or when over MAX_KEY_BYTES its start and a digest of the whole
+    (still one distinct key per distinct input key)."""
+    data = key.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_KEY_BYTES:
+        return key
+    return f"{key[:SHOWN_KEY_CHARS]}...[{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}]"
 
 
 def _sample_member(member: tarfile.TarInfo) -> tuple[Optional[str], str, str]:
@@ -157,7 +199,7 @@ def _type_reason(member: tarfile.TarInfo) -> str:
 def _read_member(cursor: Cursor, tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str,
                  pending: _Pending, shape: _Shape) -> None:
     pending.exts.add(ext.lower())
-    if ext.lower() not in shape.extensions or pending.key in shape.seen or unsafe_key(pending.key):
+    if ext.lower() not in shape.extensions or pending.key in shape.seen or pending.unsafe is not None:
         return  # skipped: the next header is found by seeking past this member's data
     rank = shape.extensions.index(ext.lower())
     if rank >= pending.rank:
@@ -181,9 +223,10 @@ def _finish(pending: _Pending, url: str, shape: _Shape, report: ReadReport) -> S
     report.samples += 1
     if pending.broken:
         result.fail(SampleError(TRUNCATED_TAR, "the shard ended inside this sample"))
-    elif unsafe_key(pending.key):
-        result.fail(SampleError(UNSAFE_KEY, f"key {pending.key!r} has a '..' component or is an absolute "
-                                            "path; it would be unsafe as a member name of the mask shard"))
+    elif pending.unsafe is not None:
+        shown = repr(pending.key[:SHOWN_KEY_CHARS]) + ("..." if len(pending.key) > SHOWN_KEY_CHARS else "")
+        result.fail(SampleError(UNSAFE_KEY, f"key {shown} {pending.unsafe}; it would be unsafe as a member name "
+                                            "of the mask shard or a file name of an export"))
     elif pending.key in shape.seen:
         # Two samples with one key would collide in the mask shard; the first one wins.
         result.fail(SampleError(DUPLICATE_KEY, f"key {pending.key!r} already appeared earlier in this shard"))

@@ -150,21 +150,10 @@ def load_done_index(storage: Storage, listed: Optional[dict[str, str]] = None) -
 
 def list_records(storage: Storage) -> dict[str, str]:
     """`_done/` in one (paginated) listing: shard name -> "size:ETag-or-mtime" of its record."""
-    from pipeline.run.shard_identity import identity_of
+    from pipeline.run.shard_check import list_files
 
-    # Workers write records from other processes: a listing fsspec cached earlier would miss them.
-    storage.fs.invalidate_cache(storage.path(DONE_DIR))
-    try:
-        entries = storage.fs.ls(storage.path(DONE_DIR), detail=True)
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for e in entries:
-        base = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
-        if base.endswith(DONE_SUFFIX) and e.get("type", "file") != "directory":
-            size, tag = identity_of(e)
-            out[shard_name(base, DONE_SUFFIX)] = f"{size}:{tag}"
-    return out
+    return {shard_name(base, DONE_SUFFIX): f"{size}:{tag}"
+            for base, size, tag in list_files(storage.fs, storage.path(DONE_DIR)) if base.endswith(DONE_SUFFIX)}
 
 
 def read_records(storage: Storage, names: list[str]) -> list[dict[str, Any]]:

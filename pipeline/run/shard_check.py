@@ -26,6 +26,7 @@ replace the old in one step each, and the new record comes last.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,17 +96,33 @@ def list_output(storage: Storage) -> OutputListing:
 
 
 def _sizes(storage: Storage, folder: str, suffix: str) -> dict[str, Optional[int]]:
-    path = storage.path(folder)
-    storage.fs.invalidate_cache(path)  # workers write from other processes
+    return {layout.shard_name(base, suffix): size for base, size, _ in list_files(storage.fs, storage.path(folder))
+            if base.endswith(suffix)}
+
+
+def list_files(fs: Any, path: str) -> list[tuple[str, Optional[int], Optional[str]]]:
+    """(file name, size, ETag-or-mtime) of the files directly under `path`, from one listing;
+    empty when it does not exist. Local folders by os.scandir (one stat per entry, the same
+    size and mtime fsspec reports, a third of its time); anything else by `ls(detail=True)`."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs.invalidate_cache(path)  # workers write from other processes: a cached listing would miss them
+    if isinstance(fs, LocalFileSystem):
+        try:
+            with os.scandir(path) as it:
+                return [(e.name, st.st_size, str(st.st_mtime)) for e in it
+                        if e.is_file() and (st := e.stat()) is not None]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
     try:
-        entries = storage.fs.ls(path, detail=True)
+        entries = fs.ls(path, detail=True)
     except FileNotFoundError:
-        return {}
-    out = {}
+        return []
+    out = []
     for e in entries:
-        base = posixpath.basename(str(e["name"]).rstrip("/"))
-        if base.endswith(suffix) and e.get("type", "file") != "directory":
-            out[layout.shard_name(base, suffix)] = identity_of(e)[0]
+        if e.get("type", "file") != "directory":
+            size, tag = identity_of(e)
+            out.append((posixpath.basename(str(e["name"]).rstrip("/")), size, tag))
     return out
 
 
@@ -122,10 +139,8 @@ def input_identities(specs: Iterable[ShardSpec], storage_options: Optional[dict[
     for folder, members in by_dir.items():
         try:
             fs, path = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
-            fs.invalidate_cache(path)
-            listing = {posixpath.basename(str(e["name"]).rstrip("/")): identity_of(e)
-                       for e in fs.ls(path, detail=True)}
-        except (OSError, ValueError, NotImplementedError) as exc:
+            listing = {base: (size, tag) for base, size, tag in list_files(fs, path)}
+        except Exception as exc:  # noqa: BLE001 - best effort (an http "folder", a denied LIST): say so, go on
             log.warning("cannot list %s for input sizes (changed inputs there are not detected): %s", folder, exc)
             continue
         for spec in members:

@@ -145,7 +145,8 @@ class ShardLabeler:
         result.input_size, result.input_etag = input_identity(shard.url, self.cfg.io.storage_options)
         report = ReadReport()
         samples = iter_samples(shard.url, self.cfg.io.image_extensions, report, self.cfg.io.storage_options,
-                               max_member_bytes=self.cfg.io.max_member_bytes)
+                               max_member_bytes=self.cfg.io.max_member_bytes,
+                               max_expansion=self.cfg.io.max_expansion_ratio)
         rows: list[ManifestRow] = []
         self.health = EngineHealth()
         try:
