@@ -4,7 +4,8 @@ orientation 6, .jpeg, .webp, .tif, .gif, RGBA/L/16-bit PNGs, a truncated and a 0
 packed, labeled by `run FOLDER OUTPUT` directly, grown (two new photos, one changed) and labeled
 again (only the new shard; nothing unchanged relabeled), then exported in every format and each
 export loaded by its framework's own reader, sizes and pixels checked against what the labeler saw
-and labels against OUTPUT's masks."""
+and labels against OUTPUT's masks; a student trained on it predicts at the oriented sizes.
+Ctrl-C and resume of `run` are tests/commands/test_run.py's."""
 from __future__ import annotations
 
 import csv
@@ -134,3 +135,15 @@ def test_photo_folder_to_the_trainers_readers(ray_local, tiny_overrides, tmp_pat
     review = readers.cvat(ex / "cvat")
     assert len(review) == 4
     _check(review, folder, ex / "cvat" / "keys.csv", None)
+
+    # train a (tiny) student on the output, then predict with it on photos of the folder
+    student = tmp_path / "student"
+    tiny_student = ["optim.steps=6", "optim.batch_size=4", "optim.warmup_steps=2", "data.short_side=24",
+                    "data.crop=16", "model.width=8", "checkpoint_every=2", "threads=1"]
+    assert cli(["train", str(out), "--out", str(student), *[a for s in tiny_student for a in ("--set", s)],
+                "--no-progress"]) == 0
+    assert cli(["predict", str(folder / "IMG_0001.JPG"), str(folder / "scans"), "--student",
+                str(student / "student.pt"), "--out", str(tmp_path / "pred"), "--set", "device=cpu"]) == 0
+    for name, size in (("IMG_0001", (64, 48)), ("raw16", (48, 48)), ("page 1", (52, 48))):
+        pred = np.load(tmp_path / "pred" / f"{name}.npz")
+        assert pred["pred"].shape == pred["confidence"].shape == size, name  # oriented, as labeled
