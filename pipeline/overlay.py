@@ -33,3 +33,36 @@ def blend_lut(image: np.ndarray | None, label: np.ndarray, lut: np.ndarray, alph
         return colors.astype(np.uint8)
     blended = image.astype(np.float32) * (1 - alpha) + colors * alpha
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def with_legend(overlay: np.ndarray, pred: np.ndarray, names: Sequence[str], colors: Sequence[tuple[int, int, int]],
+                max_items: int = 12) -> np.ndarray:
+    """The overlay with a white band below it: a swatch and the name of each class present, the
+    largest first (at most `max_items`, then "+N more"). Names are drawn as plain text."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    counts = np.bincount(pred.ravel().astype(np.int64), minlength=len(names))[: len(names)]
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i]]
+    width = overlay.shape[1]
+    font = ImageFont.load_default()
+    row_h, pad = 14, 4
+    # Lay the entries out left to right, wrapping at the image width.
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items, x, rows = [], pad, 1
+    for i in present[:max_items]:
+        text = f"{names[i]} {100 * counts[i] / pred.size:.0f}%"
+        w = 12 + int(probe.textlength(text, font=font)) + 10
+        if x + w > width and x > pad:
+            x, rows = pad, rows + 1
+        items.append((x, rows - 1, i, text))
+        x += w
+    more = len(present) - len(items)
+    band = Image.new("RGB", (width, rows * row_h + 2 * pad + (row_h if more else 0)), "white")
+    draw = ImageDraw.Draw(band)
+    for x, row, i, text in items:
+        y = pad + row * row_h
+        draw.rectangle([x, y + 2, x + 9, y + 11], fill=tuple(colors[i]), outline="black")
+        draw.text((x + 12, y), text, fill="black", font=font)
+    if more:
+        draw.text((pad, pad + rows * row_h), f"+{more} more classes", fill="black", font=font)
+    return np.concatenate([overlay, np.asarray(band)], axis=0)

@@ -14,7 +14,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="output directory of `pseudolabel run`")
-    parser.add_argument("dest", metavar="DEST", help="export folder (new or empty, unless --overwrite)")
+    parser.add_argument("dest", metavar="DEST", nargs="?", help=argparse.SUPPRESS)  # old spelling of --out
+    parser.add_argument("--out", metavar="DEST", help="export folder (new or empty, unless --overwrite)")
     parser.add_argument("--format", required=True, choices=("mmseg", "voc", "hf", "cvat"),
                         help="target layout (cvat: CVAT 'Segmentation mask 1.1' of the --lowest N samples)")
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
@@ -34,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.cli import resolve_out
     from pipeline.export import export_output
     from pipeline.training.selection import SampleFilter
+
+    args.dest = resolve_out(args, "dest", "export")
 
     sample_filter = SampleFilter(min_mean_confidence=args.min_mean_confidence, required_classes=args.require,
                                  excluded_classes=args.exclude)

@@ -10,8 +10,9 @@ from pipeline.io.pack import DEFAULT_EXTENSIONS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="folder tree of images")
-    parser.add_argument("out", metavar="OUT", help="folder for the shards (PREFIX-000000.tar, ...); packing "
-                                                   "into it again adds only new images, in new shards")
+    parser.add_argument("old_out", metavar="OUT", nargs="?", help=argparse.SUPPRESS)  # old spelling of --out
+    parser.add_argument("--out", metavar="SHARDS", help="folder for the shards (PREFIX-000000.tar, ...); packing "
+                                                        "into it again adds only new images, in new shards")
     parser.add_argument("--per-shard", type=int, default=1000, help="images per shard (default 1000)")
     parser.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
     parser.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
@@ -20,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.cli import resolve_out
     from pipeline.io.pack import pack_folder
 
+    args.out = resolve_out(args, "old_out", "pack")
     result = pack_folder(args.folder, args.out, args.per_shard, args.prefix,
                          [e.strip() for e in args.extensions.split(",") if e.strip()])
     print(summary_line(result, args.out))

@@ -21,13 +21,13 @@ from pipeline.cli import add_config_arguments
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.io.decode import RASTER_FORMATS, openable_formats
-from pipeline.overlay import blend
+from pipeline.overlay import blend, with_legend
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (the images directly in them)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--probs", action="store_true",
                         help="also write the full class probabilities (C x H x W float32) to the .npz")
@@ -57,9 +57,12 @@ def outputs_of(out_dir: Path, path: Path) -> tuple[Path, Path]:
 def check_inputs(paths: list[Path], out_dir: Path) -> tuple[list[Path], list[str]]:
     """Before the model loads: (readable images, one line per bad one). Refuses outright when an
     output would land on an input or two inputs would share outputs."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) != len(stems):
-        raise UserError("two input images share a file stem; their outputs would overwrite each other")
+    first: dict[str, Path] = {}
+    for p in paths:
+        other = first.setdefault(p.stem, p)
+        if other != p:
+            raise UserError(f"inputs {other} and {p} share the file stem {p.stem!r}: both would write "
+                            f"{out_dir / p.stem}.npz; label them into separate --out folders")
     inputs = {p.resolve() for p in paths if p.exists()}
     for p in paths:
         for target in outputs_of(out_dir, p):
@@ -76,10 +79,26 @@ def check_inputs(paths: list[Path], out_dir: Path) -> tuple[list[Path], list[str
     return good, bad
 
 
+def expand_folders(paths: list[Path], extensions: list[str]) -> list[Path]:
+    """A folder stands for the images directly in it (sorted; the extensions `run` reads, any case)."""
+    wanted = {f".{e.lower().lstrip('.')}" for e in extensions}
+    out: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            out.append(p)
+            continue
+        images = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in wanted
+                        and not c.name.startswith("."))
+        if not images:
+            raise UserError(f"folder {p} holds no image ({', '.join(extensions)}) directly in it")
+        out.extend(images)
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides + ([f"model.student={args.student}"] if args.student else []))
     out_dir = Path(args.out)
-    paths, failures = check_inputs([Path(p) for p in args.images], out_dir)
+    paths, failures = check_inputs(expand_folders([Path(p) for p in args.images], cfg.io.image_extensions), out_dir)
     for line in failures:
         print(f"pseudolabel predict: {line}", file=sys.stderr)
     if not paths:
@@ -131,14 +150,28 @@ def _label_batch(segmenter, batch: list[Path], out_dir: Path, probs: bool) -> li
             failures.append(f"cannot label {path}: {exc}")
             print(f"pseudolabel predict: cannot label {path}: {str(exc).splitlines()[0]}", file=sys.stderr)
             continue
-        arrays = {"pred": res.pred, "confidence": res.confidence}
+        arrays = {"pred": compact_pred(res.pred, segmenter.num_classes), "confidence": compact_confidence(res.confidence)}
         if probs:
             arrays["probs"] = res.probs
         npz, overlay = outputs_of(out_dir, path)
         np.savez_compressed(npz, **arrays)
-        Image.fromarray(blend(image, res.pred, segmenter.vocabulary.colors)).save(overlay)
+        colors, names = segmenter.vocabulary.colors, segmenter.vocabulary.names
+        Image.fromarray(with_legend(blend(image, res.pred, colors), res.pred, names, colors)).save(overlay)
         print(f"{path} -> {npz}, {overlay.name}  ({_summary(res.pred, segmenter.vocabulary.names)})")
     return failures
+
+
+def compact_pred(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class indices as the CLIP path stores them: uint8 (uint16 past 256 classes), whatever the engine."""
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    return pred if pred.dtype == dtype else pred.astype(dtype)
+
+
+def compact_confidence(confidence: np.ndarray) -> np.ndarray:
+    """Confidence as the CLIP path stores it: uint8 round(255 p) (a float map is 4x the bytes)."""
+    if confidence.dtype == np.uint8:
+        return confidence
+    return np.clip(np.rint(confidence.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _summary(pred: np.ndarray, names: list[str], top: int = 3) -> str:

@@ -133,6 +133,8 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
     from pipeline.run.runner import run_pipeline
 
     level = logging.getLogger().getEffectiveLevel()
+    if level > logging.DEBUG:
+        quiet_ray()
     bar = None if args.no_progress else RichProgress()
     if bar is not None:
         bar.per_shard_guess = samples_in_first_local_shard(args.input)
@@ -198,6 +200,19 @@ def _print_relabel_plan(plan: Any) -> None:
         more = f" and {total - len(plan.damaged)} more" if total > len(plan.damaged) else ""
         kinds = ", ".join(f"{k}={n}" for k, n in damaged.items())
         print(f"  damaged (relabeled): {total} ({kinds}): {', '.join(plan.damaged)}{more}")
+
+
+def quiet_ray() -> None:
+    """Ray's notices that every run would print and no user acts on (shown again with -v): the
+    token-auth warning of a local cluster, and the log-deduplication hint on the first repeated
+    worker line (the dedup itself stays on)."""
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    try:
+        from ray.util.debug import log_once
+
+        log_once("log_dedup_warning")  # spent here: Ray prints its hint only on the first call
+    except ImportError:  # another Ray layout: its notices come back, nothing breaks
+        pass
 
 
 def samples_in_first_local_shard(input_spec: str) -> Optional[int]:

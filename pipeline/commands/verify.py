@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.cli import add_config_arguments
 
-    parser.add_argument("output", metavar="OUTPUT", help="output of `pseudolabel run` (path or URL)")
+    parser.add_argument("output", metavar="OUTPUT", nargs="?", help="output of `pseudolabel run` (path or URL)")
     parser.add_argument(
         "input", metavar="INPUT", nargs="?",
         help="the INPUT spec the run was given; without it, coverage of the input is not checked",
@@ -50,6 +50,10 @@ def main(args: argparse.Namespace) -> int:
         for kind, meaning in KINDS.items():
             print(f"{kind:18} {meaning}")
         return 0
+    if args.output is None:
+        from pipeline.errors import UserError
+
+        raise UserError("no OUTPUT: give the output folder of `pseudolabel run` (only --explain goes without)")
     cfg = load_config(args.config, args.overrides)
     report = verify_output(
         args.output, args.input, cfg.io.storage_options, decode=not args.no_decode, workers=args.workers,

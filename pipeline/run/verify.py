@@ -100,11 +100,17 @@ def verify_output(
         return result
 
     passed: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         for result in pool.map(check, names):
             _fold(report, result)
             if not result.problems and result.complete and result.stamp:
                 passed[result.name] = result.stamp
+    except BaseException:
+        # Ctrl-C: the queued shards are dropped, not checked one by one before the process may end.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if record_verified and passed:
         _write_verified(out, passed, keep=set(records))
     return report

@@ -192,3 +192,104 @@ def test_ctrl_c_in_predict_is_one_line_exit_130(tmp_path):
                          "--set", "vocabulary.file=voc21"])
     assert rc == 130 and "Traceback" not in err, err
     assert [line for line in err.splitlines() if line.strip()] == ["pseudolabel predict: interrupted"]
+
+
+@pytest.fixture
+def fake_output(tmp_path):
+    from tests.output_fixture import synthetic_sample, write_output_dir
+
+    rng = np.random.default_rng(0)
+    shards = {f"s{i:03d}": [synthetic_sample(rng, f"k{i}_{j}", (32, 32), 4) for j in range(3)] for i in range(2)}
+    return write_output_dir(tmp_path / "labels", shards, ["background", "a", "b", "c"], input_dir=tmp_path / "in")
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_in_train_says_resume(fake_output, tmp_path):
+    student = tmp_path / "student"
+    student.mkdir()
+    fifo(student / "checkpoint.pt")  # --resume reads it first
+    rc, err = interrupt(["train", str(fake_output.root), "--out", str(student), "--resume", "--no-progress",
+                         "--set", "optim.steps=2"], after_s=8.0)
+    lines = [line for line in err.splitlines() if line.strip() and "INFO" not in line]
+    assert rc == 130 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("pseudolabel train: interrupted") and "--resume" in lines[0], err
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_in_verify_deep_is_one_line(fake_output, tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("s000", "s001"):
+        fifo(blocked / f"{name}.tar")  # the deep check re-reads each input shard: it waits here
+    rc, err = interrupt(["verify", str(fake_output.root), str(blocked), "--deep", "--workers", "2"], after_s=5.0)
+    assert rc == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "interrupted" in line] == ["pseudolabel verify: interrupted"]
+
+
+# -- predict --------------------------------------------------------------------------------------
+
+def test_predict_refuses_two_inputs_with_one_stem_naming_both(tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / sub / "IMG_1.png")
+    rc = main(["predict", str(tmp_path / "a" / "IMG_1.png"), str(tmp_path / "b" / "IMG_1.png"),
+               "--out", str(tmp_path / "o"), *CHEAP, "--set", "vocabulary.file=voc21"])
+    one_line_error(capsys, rc, str(tmp_path / "a" / "IMG_1.png"), str(tmp_path / "b" / "IMG_1.png"), "--out")
+
+
+def test_predict_takes_the_images_of_a_folder(tmp_path):
+    from pipeline.commands.predict import expand_folders
+
+    (tmp_path / "p").mkdir()
+    for name in ("b.JPG", "a.png", "notes.txt", ".hidden.png"):
+        (tmp_path / "p" / name).write_bytes(b"x")
+    assert [p.name for p in expand_folders([tmp_path / "p"], ["jpg", "png"])] == ["a.png", "b.JPG"]
+
+
+def test_student_arrays_are_stored_like_the_clip_path():
+    from pipeline.commands.predict import compact_confidence, compact_pred
+
+    pred = np.array([[0, 3], [20, 1]], dtype=np.int64)
+    conf = np.array([[0.0, 0.5], [1.0, 0.2]], dtype=np.float32)
+    assert compact_pred(pred, 21).dtype == np.uint8 and compact_pred(pred, 300).dtype == np.uint16
+    assert compact_confidence(conf).tolist() == [[0, 128], [255, 51]] and compact_confidence(conf).dtype == np.uint8
+
+
+def test_overlay_has_a_legend_of_the_classes_present():
+    from pipeline.overlay import blend, with_legend
+
+    pred = np.zeros((40, 60), np.uint8)
+    pred[:, 30:] = 2
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    out = with_legend(blend(np.zeros((40, 60, 3), np.uint8), pred, colors), pred, ["sky", "tree", "price $\\foo$"],
+                      colors)
+    assert out.shape[0] > 40 and out.shape[1] == 60
+    band = out[40:].reshape(-1, 3)
+    assert (band == (0, 0, 255)).all(axis=1).any() and not (band == (0, 255, 0)).all(axis=1).any()
+
+
+# -- spellings ------------------------------------------------------------------------------------
+
+def test_verify_explain_needs_no_output_and_verify_without_output_is_one_line(capsys):
+    assert main(["verify", "--explain"]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, main(["verify"]), "no OUTPUT")
+
+
+def test_train_preset_is_spelled_config_and_the_old_flag_warns(fake_output, tmp_path, capsys):
+    rc = main(["train", str(fake_output.root), "--out", str(tmp_path / "s"), "--config", "nope"])
+    one_line_error(capsys, rc, "nope", "cpu", "gpu")
+    rc = main(["train", str(fake_output.root), "--out", str(tmp_path / "s"), "--preset", "nope"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--preset nope is deprecated, use --config nope" in err and "Traceback" not in err
+
+
+def test_ray_notices_are_silenced_unless_verbose():
+    import logging
+
+    from pipeline.commands.run import quiet_ray
+    from ray._private.ray_logging import _warn_once
+
+    quiet_ray()
+    assert not logging.getLogger("ray._private.authentication.authentication_token_setup").isEnabledFor(logging.WARNING)
+    assert _warn_once() == ""

@@ -157,6 +157,7 @@ def test_train_command_eval_and_student_as_stage_engine(fake, tmp_path):
                 *probs, "--student", str(tmp_path / "s" / "student.pt")]) == 0
     npz = np.load(tmp_path / "pred" / "one.npz")
     assert npz["pred"].shape == image.shape[:2]
+    assert npz["pred"].dtype == np.uint8 and npz["confidence"].dtype == np.uint8  # as the CLIP path writes
     assert npz["probs"].shape == (len(NAMES), *image.shape[:2])
     assert np.allclose(npz["probs"].sum(0), 1.0, atol=1e-4)
     assert np.array_equal(npz["pred"], engine.predict([image])[0].pred)
