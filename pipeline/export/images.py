@@ -22,7 +22,8 @@ from pipeline.io.decode import decode_rgb
 
 IMAGE_FORMATS = ("jpg", "png")
 JPEG_QUALITY = 95
-PNG_LEVEL = 1  # zlib level; a 12 MP photo: 6.1 s and 23.8 MB, at Pillow's default 6: 14.0 s and 25.5 MB (medians of 3)
+# zlib level; a 12 MP photo: 6.1 s and 23.8 MB (Pillow's default 6: 14.0 s and 25.5 MB; medians of 3)
+PNG_LEVEL = 1
 
 
 @dataclass(frozen=True)
