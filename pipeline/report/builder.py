@@ -42,6 +42,7 @@ class ReportOptions:
     extremes: int = 8  # samples in each of the lowest- and highest-confidence rows
     stats_samples: int = 500  # masks read for per-class mean confidence and the pixel histogram
     thumb_size: int = 256  # longest side of a thumbnail, pixels
+    full_size: int = 1600  # longest side of each panel of the larger view a thumbnail links to
     alpha: float = 0.5  # opacity of the class colours over the image
     max_failures: int = 500  # failure rows listed (all are counted)
     seed: int = 0
@@ -56,7 +57,8 @@ class Tile:
     key: str
     mean_confidence: float
     classes: list[int]
-    src: str = ""
+    src: str = ""  # image | labels | confidence, side by side, thumbnail size
+    full: str = ""  # the same three at up to `full_size`, opened by a click
     image_found: bool = False
 
 
@@ -132,7 +134,7 @@ def collect(output: OutputDir, out: Path, options: ReportOptions) -> ReportData:
     pixel_hist = np.zeros(256, dtype=np.int64)
     stats_keys = set(zip(stats_rows["shard"], stats_rows["key"]))
     drawn_keys = set(zip(drawn["shard"], drawn["key"]))
-    small_labels: dict[tuple[str, str], np.ndarray] = {}
+    small_labels: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # drawn: (label, conf) at full_size
     for shard, rows in per_shard(to_read):
         for key, label, conf in iter_masks(output, str(rows["mask_shard"].iloc[0]), rows):
             if (shard, key) in stats_keys:
@@ -142,7 +144,8 @@ def collect(output: OutputDir, out: Path, options: ReportOptions) -> ReportData:
                 conf_count += np.bincount(lab, minlength=C)[:C]
                 pixel_hist += np.bincount(conf.ravel(), minlength=256)
             if (shard, key) in drawn_keys:
-                small_labels[(shard, key)] = _shrink_label(label, options.thumb_size)
+                small_labels[(shard, key)] = (_shrink_label(label, options.full_size),
+                                              _shrink_label(conf, options.full_size))
 
     names = _draw_tiles(output, out, info, drawn, small_labels, tiles, options)
     log.debug("drew %d thumbnails", len(names))
@@ -238,32 +241,50 @@ def _palette(info: DatasetInfo) -> np.ndarray:
 
 def _draw_tiles(
     output: OutputDir, out: Path, info: DatasetInfo, drawn: pd.DataFrame,
-    small_labels: dict[tuple[str, str], np.ndarray], tiles: dict[str, list[Tile]], options: ReportOptions,
+    small_labels: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], tiles: dict[str, list[Tile]],
+    options: ReportOptions,
 ) -> dict[tuple[str, str], str]:
-    """Write one overlay JPEG per drawn sample and fill in each tile's `src`."""
+    """Per drawn sample, image | labels | confidence side by side: a thumbnail JPEG and a larger
+    one it links to (`img/full/`); fills in each tile's `src` and `full`."""
     lut = _palette(info)
     images: dict[tuple[str, str], np.ndarray] = {}
     for shard, rows in per_shard(drawn):
         source = resolve_source(str(rows["source_shard"].iloc[0]), options.images_root)
         try:
             for key, _name, data in iter_tar_members(source, image_members(rows), output.storage_options):
-                label = small_labels.get((shard, key))
-                if label is None:
+                maps = small_labels.get((shard, key))
+                if maps is None:
                     continue
                 with Image.fromarray(decode_rgb(data)) as img:
-                    images[(shard, key)] = np.asarray(img.resize(label.shape[::-1], Image.BILINEAR))
+                    images[(shard, key)] = np.asarray(img.resize(maps[0].shape[::-1], Image.BILINEAR))
         except (UserError, OSError, ValueError, SampleError) as exc:
             log.warning("report: original images of shard %s unavailable (%s); drawing masks alone", shard, exc)
     paths: dict[tuple[str, str], str] = {}
-    for i, (ident, label) in enumerate(sorted(small_labels.items())):
-        rel = f"img/s{i:04d}.jpg"
-        Image.fromarray(blend_lut(images.get(ident), label, lut, options.alpha)).save(out / rel, quality=85)
+    (out / "img" / "full").mkdir(parents=True, exist_ok=True)
+    for i, (ident, (label, conf)) in enumerate(sorted(small_labels.items())):
+        big = _side_by_side(images.get(ident), label, conf, lut, options.alpha)
+        rel, full = f"img/s{i:04d}.jpg", f"img/full/s{i:04d}.jpg"
+        Image.fromarray(big).save(out / full, quality=90)
+        with Image.fromarray(big) as img:
+            h, w = _thumb_shape(big.shape[0], big.shape[1] // 3, options.thumb_size)
+            img.resize((3 * w, h), Image.BILINEAR).save(out / rel, quality=85)
         paths[ident] = rel
     for group in tiles.values():
         for tile in group:
             tile.src = paths.get((tile.shard, tile.key), "")
+            tile.full = tile.src.replace("img/", "img/full/", 1) if tile.src else ""
             tile.image_found = (tile.shard, tile.key) in images
     return paths
+
+
+def _side_by_side(image: Optional[np.ndarray], label: np.ndarray, conf: np.ndarray, lut: np.ndarray,
+                  alpha: float) -> np.ndarray:
+    """(H, 3W, 3) uint8: the image, the labels laid over it, the stored confidence in grey
+    (white = 1). Without the image: a light grey panel, and the labels' colours alone."""
+    first = image if image is not None else np.full((*label.shape, 3), 220, dtype=np.uint8)
+    labels = blend_lut(image, label, lut, alpha)
+    grey = np.repeat(conf.astype(np.uint8)[:, :, None], 3, axis=2)
+    return np.concatenate([first, labels, grey], axis=1)
 
 
 def _read_eval(output: OutputDir) -> Optional[dict[str, Any]]:

@@ -2,7 +2,11 @@
 
 Element ids (stable; tests and users rely on them): summary, legend, overlay-grid,
 lowest-confidence, highest-confidence, class-stats, class-share-chart, confidence-histogram,
-failures, failures-table, evaluation, eval-summary, iou-chart, sweep-chart.
+failures, failures-table, evaluation, eval-summary, iou-chart, sweep-chart, unseen-classes.
+
+Order: what a person looks at first (summary, samples, confidence, failures) before the reference
+material (legend, class table). Each sample is image | labels | confidence side by side; a click
+opens the larger view. Only classes that occur are listed; the others are counted in one line.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ dl.summary dd { margin: 0; }
 ul.legend { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 6px 16px; font-size: 13px; }
 ul.legend li { display: flex; align-items: center; gap: 6px; }
 .swatch { width: 14px; height: 14px; border: 1px solid #333; display: inline-block; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 12px; }
 figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; }
 figure img { width: 100%; height: auto; display: block; image-rendering: auto; }
 figcaption { font-size: 12px; margin-top: 4px; word-break: break-all; }
@@ -50,23 +54,23 @@ PAGE = Template("""<!DOCTYPE html>
 <h1>Pseudo-label report</h1>
 <p class="muted">$title</p>
 <section id="summary"><h2>Summary</h2>$summary</section>
-<section><h2>Classes</h2>$legend</section>
 <section><h2>Samples</h2>
 <p class="muted">$grid_note</p>
 <div id="overlay-grid" class="grid">$grid</div>
 </section>
+<section><h2>Confidence</h2>
+<p><img id="confidence-histogram" class="chart" src="$hist_src" alt="confidence histogram"></p>
+</section>
 <section><h2>Lowest mean confidence</h2><div id="lowest-confidence" class="grid">$lowest</div></section>
+<section id="failures"><h2>Failures</h2>$failures</section>
 <section><h2>Highest mean confidence</h2><div id="highest-confidence" class="grid">$highest</div></section>
+$evaluation
+<section><h2>Classes</h2>$legend</section>
 <section><h2>Per-class statistics</h2>
 <p class="muted">$stats_note</p>
 <div class="row">$class_table
 <img id="class-share-chart" class="chart" src="$class_share_src" alt="class pixel share"></div>
 </section>
-<section><h2>Confidence</h2>
-<p><img id="confidence-histogram" class="chart" src="$hist_src" alt="confidence histogram"></p>
-</section>
-<section id="failures"><h2>Failures</h2>$failures</section>
-$evaluation
 </body>
 </html>
 """)
@@ -104,18 +108,34 @@ def _summary(data: "ReportData") -> str:
     return f'<dl class="summary">{rows}</dl>'
 
 
+def _present(data: "ReportData") -> list[int]:
+    """Classes with labelled pixels, largest share first."""
+    return sorted((i for i in range(data.info.num_classes) if data.pixel_share[i] > 0),
+                  key=lambda i: -data.pixel_share[i])
+
+
+def _unseen(data: "ReportData") -> str:
+    """One line for the vocabulary's classes that no pixel got (names folded away)."""
+    unseen = [n for i, n in enumerate(data.info.names) if not data.pixel_share[i] > 0]
+    if not unseen:
+        return ""
+    return (f'<details id="unseen-classes"><summary>{len(unseen)} of {data.info.num_classes} classes '
+            f'never labelled</summary><p class="muted">{_e(", ".join(unseen))}</p></details>')
+
+
 def _legend(data: "ReportData") -> str:
     from pipeline.report.builder import IGNORE_COLOR
 
     items = [
-        f'<li class="legend-item"><span class="swatch" style="background:{_hex(c)}"></span>{_e(n)}</li>'
-        for n, c in zip(data.info.names, data.info.colors)
+        f'<li class="legend-item"><span class="swatch" style="background:{_hex(data.info.colors[i])}"></span>'
+        f'{_e(data.info.names[i])}</li>'
+        for i in _present(data)
     ]
     items.append(
         f'<li class="legend-item legend-ignore"><span class="swatch" style="background:{_hex(IGNORE_COLOR)}"></span>'
         f"ignore ({data.info.ignore_index})</li>"
     )
-    return f'<ul id="legend" class="legend">{"".join(items)}</ul>'
+    return f'<ul id="legend" class="legend">{"".join(items)}</ul>{_unseen(data)}'
 
 
 def _tiles(tiles: list["Tile"], names: list[str]) -> str:
@@ -125,7 +145,8 @@ def _tiles(tiles: list["Tile"], names: list[str]) -> str:
     for t in tiles:
         classes = ", ".join(names[c] for c in t.classes if 0 <= c < len(names))
         if t.src:
-            picture = f'<img class="overlay" src="{_e(t.src)}" alt="{_e(t.key)}" title="{_e(classes)}" loading="lazy">'
+            picture = (f'<a href="{_e(t.full or t.src)}" title="image | labels | confidence: open the larger view">'
+                       f'<img class="overlay" src="{_e(t.src)}" alt="{_e(t.key)}" loading="lazy"></a>')
         else:
             picture = '<div class="placeholder">mask not found</div>'
         missing = "" if t.image_found else ' <span class="noimg">(original image unavailable: mask only)</span>'
@@ -137,9 +158,8 @@ def _tiles(tiles: list["Tile"], names: list[str]) -> str:
 
 
 def _class_table(data: "ReportData") -> str:
-    order = sorted(range(data.info.num_classes), key=lambda i: -data.pixel_share[i])
     rows = []
-    for i in order:
+    for i in _present(data):
         rows.append(
             f'<tr><td><span class="swatch" style="background:{_hex(data.info.colors[i])}"></span> {_e(data.info.names[i])}</td>'
             f'<td class="num">{i}</td><td class="num">{_pct(data.pixel_share[i], 2)}</td>'
@@ -196,7 +216,8 @@ def render_html(data: "ReportData") -> str:
         css=CSS,
         summary=_summary(data),
         legend=_legend(data),
-        grid_note=_e(f"{len(data.grid)} random ok samples; class colours over the original image."),
+        grid_note=_e(f"{len(data.grid)} random ok samples: image | labels | confidence (white = 1); "
+                     "click one for the larger view."),
         grid=_tiles(data.grid, names),
         lowest=_tiles(data.lowest, names),
         highest=_tiles(data.highest, names),

@@ -49,7 +49,7 @@ def class_share_chart(path: Path, names: Sequence[str], colors: Sequence[Sequenc
     fig = Figure(figsize=(7, 0.9 + 0.28 * max(len(order), 1)))
     ax = fig.subplots()
     ax.barh(range(len(order)), [100 * share[i] for i in order], color=[_rgb(colors[i]) for i in order], edgecolor="#333")
-    ax.set_yticks(range(len(order)), [names[i] for i in order])
+    ax.set_yticks(range(len(order)), [names[i] for i in order], parse_math=False)  # names are text, never math
     ax.invert_yaxis()
     ax.set_xlabel("% of labelled pixels")
     ax.set_title("Class pixel share", fontsize=10)
@@ -64,7 +64,7 @@ def iou_chart(path: Path, names: Sequence[str], colors: Sequence[Sequence[int]],
     fig = Figure(figsize=(7, 0.9 + 0.28 * max(len(present), 1)))
     ax = fig.subplots()
     ax.barh(range(len(present)), [100 * float(iou[i]) for i in present], color=[_rgb(colors[i]) for i in present], edgecolor="#333")
-    ax.set_yticks(range(len(present)), [names[i] for i in present])
+    ax.set_yticks(range(len(present)), [names[i] for i in present], parse_math=False)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     title = "Per-class IoU against ground truth"

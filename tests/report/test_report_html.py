@@ -175,3 +175,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
         shutil.copy(shot, os.environ["REPORT_SCREENSHOT"])
     meta = json.loads((out.root / "eval.json").read_text())
     assert meta["miou"] is not None
+
+
+def test_report_leads_with_samples_and_lists_only_classes_that_occur(tmp_path):
+    """Issue 21 (readable output) and issue 20 item 9 (class names are text, never matplotlib math)."""
+    names = ["background", "price $\\foo$ tag", "dog", "a_b^c", *(f"unused {i}" for i in range(20))]
+    rng = np.random.default_rng(3)
+    shards = {"part-0": [synthetic_sample(rng, f"k{i}", (48, 64), 4, classes=[1, 2, 3]) for i in range(4)]}
+    out = write_output_dir(tmp_path / "out", shards, names)
+    rc = cli_main(["report", str(out.root), "--samples", "2", "--extremes", "1"])
+    assert rc == 0
+    text = (out.root / "report" / "index.html").read_text()
+    dom = Dom(text)
+    # the samples, confidence and failures come before the legend and the class table
+    assert text.index('id="overlay-grid"') < text.index('id="confidence-histogram"') < text.index('id="failures"')
+    assert text.index('id="failures"') < text.index('id="legend"') < text.index('id="class-stats"')
+    legend = [e for e in dom.inside("legend", "li", "legend-item")]
+    assert len(legend) == 4 + 1  # the four classes that occur, + ignore
+    assert "price $\\foo$ tag" in text and "20 of 24 classes never labelled" in text
+    assert len(dom.inside("class-stats", "tr")) == 4 + 1
+    # each tile: a thumbnail of image | labels | confidence, linking to the larger view
+    links = [e for e in dom.inside("overlay-grid", "a")]
+    assert len(links) == 2 and all(e[1]["href"].startswith("img/full/") for e in links)
+    for link in links:
+        full = Image.open(out.root / "report" / link[1]["href"])
+        assert full.size == (3 * 64, 48)  # three panels at the image's size
+    _check_images_exist(dom, out.root / "report")
