@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -41,7 +43,8 @@ METHODS = {
     "none": ["confidence.min_confidence=0", "confidence.weight=false"],
 }
 # A short schedule: the shared 2-core machine of this session (8 engineers) allows no more.
-SCHEDULE = ["optim.steps=300", "optim.batch_size=8", "optim.warmup_steps=30", "checkpoint_every=50"]
+SCHEDULE = ["optim.steps=200", "optim.batch_size=8", "data.crop=96", "optim.warmup_steps=20", "checkpoint_every=25",
+            "threads=1"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,9 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default="build/selftrain")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--methods", default="global_0.5,class_top_p_0.8,class_top_p_0.8+consistency",
+    p.add_argument("--methods", default="global_0.5,class_top_p_0.8",
                    help=f"selection methods compared on validation (known: {', '.join(METHODS)})")
-    p.add_argument("--extra-methods", default="global_0.9",
+    p.add_argument("--extra-methods", default="class_top_p_0.8+consistency,global_0.9",
                    help="methods trained last, for the table only, when the budget allows")
     p.add_argument("--seeds", default="0,1", help="training seeds of the default recipe's rounds")
     p.add_argument("--schedule", action="append", default=None, metavar="KEY=VALUE",
@@ -59,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--budget-min", type=float, default=0.0, help="start no new stage after this many minutes (0 = no limit)")
     p.add_argument("--no-ground-truth", action="store_true")
+    p.add_argument("--no-relabel-sweep", action="store_true", help="skip the teacher-weight sweep on validation")
     return p.parse_args(argv)
 
 
@@ -89,12 +93,14 @@ def prepare(work: Path, actors: int) -> dict[str, Path]:
     return sets
 
 
-def selftrain(work: Path, name: str, sets: dict[str, Path], overrides: list[str], rounds: int) -> Path:
+def selftrain(work: Path, name: str, sets: dict[str, Path], overrides: list[str], rounds: int,
+              teacher_weight: float = 0.5) -> Path:
     from pipeline.cli import main as cli
 
     out = work / name
     sets_args = [a for o in overrides for a in ("--set", o)]
     rc = cli(["selftrain", str(work / "teacher-train"), "--out", str(out), "--rounds", str(rounds), "--no-progress",
+              "--teacher-weight", str(teacher_weight),
               *sets_args, "--eval", str(sets["test"] / "images"), "--gt", str(sets["test"] / "labels")])
     if rc:
         raise SystemExit(f"pseudolabel selftrain failed for {name} (exit {rc})")
@@ -116,6 +122,40 @@ def val_miou(round_dir: Path, sets: dict[str, Path]) -> float:
 
 def test_miou(round_dir: Path) -> float:
     return json.loads((round_dir / "eval.json").read_text())["miou"]
+
+
+def relabel_sweep(student: Path, work: Path, sets: dict[str, Path], weights=(0.0, 0.25, 0.5, 0.75)) -> dict:
+    """How good would the next round's labels be? The student relabels the VALIDATION images
+    (flip TTA), averaged with the teacher's validation labels at each weight; mIoU against the
+    validation gt. Chooses `--teacher-weight` without training a student per value."""
+    from pipeline.evaluation.ground_truth import open_ground_truth
+    from pipeline.evaluation.metrics import compute_metrics, confusion_counts
+    from pipeline.student.engine import StudentEngine
+    from pipeline.student.relabel import mix_teacher, to_masks, tta_probs
+    from pipeline.training.loader import iter_shard
+    from pipeline.training.selection import select_shards
+
+    cache = student.parent / "relabel_sweep_val.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    engine = StudentEngine.from_file(student, device="cpu")
+    truth = open_ground_truth(str(sets["val"] / "labels"))
+    selection = select_shards(str(work / "teacher-val"))
+    C, ignore = selection.info.num_classes, selection.info.ignore_index
+    confusion = {w: np.zeros((C, C + 1), np.int64) for w in weights}
+    for shard in selection.shards:
+        samples = list(iter_shard(shard))
+        for start in range(0, len(samples), 16):
+            part = samples[start: start + 16]
+            probs = tta_probs(engine, np.stack([s.image for s in part])).cpu()
+            labels, confs = np.stack([s.label for s in part]), np.stack([s.conf for s in part])
+            for w in weights:
+                pred, _ = to_masks(mix_teacher(probs, labels, confs, w, ignore) if w > 0 else probs)
+                for s, p in zip(part, pred):
+                    confusion[w] += confusion_counts(truth.get(s.key), p, C, 255, ignore)
+    result = {str(w): compute_metrics(confusion[w]).miou for w in weights}
+    cache.write_text(json.dumps(result))
+    return result
 
 
 def ground_truth(work: Path, sets: dict[str, Path], schedule: list[str]) -> dict:
@@ -161,19 +201,27 @@ def main(argv=None) -> int:
         result["methods"][name] = {"val": val_miou(out / "round-1", sets), "test": test_miou(out / "round-1")}
         print(f"round 1, {name}: val {100 * result['methods'][name]['val']:.2f}, "
               f"test {100 * result['methods'][name]['test']:.2f}", flush=True)
+        if not args.no_relabel_sweep:
+            result["methods"][name]["relabel_val"] = relabel_sweep(out / "round-1" / "student.pt", work, sets)
+            print(f"  relabel sweep on val (teacher weight: mIoU of the round-2 labels): "
+                  f"{ {w: round(100 * v, 2) for w, v in result['methods'][name]['relabel_val'].items()} }", flush=True)
         save(args, result)
 
     for name in [m for m in args.methods.split(",") if m]:
         if budget.left():
             method_row(name)
-    chosen = max(result["methods"], key=lambda m: result["methods"][m]["val"])
+    chosen = max(result["methods"], key=lambda m: result["methods"][m]["val"]) if result["methods"] else None
     result["default"] = chosen
-    print(f"default recipe (best round-1 mIoU on validation): {chosen}", flush=True)
-    for seed in [int(s) for s in args.seeds.split(",") if s]:
+    sweep = result["methods"].get(chosen, {}).get("relabel_val")
+    weight = float(max(sweep, key=sweep.get)) if sweep else 0.5
+    result["teacher_weight"] = weight
+    print(f"default recipe (best round-1 mIoU on validation): {chosen}, teacher weight {weight}", flush=True)
+    for seed in [int(s) for s in args.seeds.split(",") if s and chosen]:
         for k in range(1, args.rounds + 1):
             if not budget.left():
                 break
-            out = selftrain(work, f"{chosen}-seed{seed}", sets, [*schedule, *METHODS[chosen], f"seed={seed}"], k)
+            out = selftrain(work, f"{chosen}-seed{seed}", sets, [*schedule, *METHODS[chosen], f"seed={seed}"], k,
+                            weight)
             rdir = out / f"round-{k}"
             result["rounds"].setdefault(str(seed), {})[str(k)] = {"val": val_miou(rdir, sets), "test": test_miou(rdir)}
             print(f"seed {seed} round {k}: test {100 * test_miou(rdir):.2f}", flush=True)
@@ -181,7 +229,7 @@ def main(argv=None) -> int:
     if not args.no_ground_truth and budget.left():
         result["ground_truth"] = ground_truth(work, sets, schedule)
         save(args, result)
-    for name in [m for m in args.extra_methods.split(",") if m and m not in result["methods"]]:
+    for name in [m for m in args.extra_methods.split(",") if m in METHODS and m not in result["methods"] and chosen]:
         if budget.left():
             method_row(name)
     print(format_table(result))
