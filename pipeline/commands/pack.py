@@ -42,7 +42,8 @@ def summary_line(result, out: str) -> str:
 def detail_lines(result) -> list[str]:
     lines = []
     if result.changed:
-        names = ", ".join(result.changed[:5]) + (f" and {len(result.changed) - 5} more" if len(result.changed) > 5 else "")
+        more = len(result.changed) - 5
+        names = ", ".join(result.changed[:5]) + (f" and {more} more" if more > 0 else "")
         lines.append(f"{len(result.changed)} changed since they were packed, packed again as new "
                      f"(exports use the newer version): {names}")
     if result.gone:

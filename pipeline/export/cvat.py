@@ -37,7 +37,10 @@ ZIP_NAME = "segmentation_mask_1.1.zip"
 KEYS_COLUMNS = ["name", "key", "mean_confidence", "image", "original_path", "source_shard"]
 
 
-def labelmap(names: list[str], colors: list[tuple[int, int, int]]) -> tuple[list[tuple[str, tuple[int, int, int]]], np.ndarray]:
+Color = tuple[int, int, int]
+
+
+def labelmap(names: list[str], colors: list[Color]) -> tuple[list[tuple[str, Color]], np.ndarray]:
     """([(label, colour)], lut): the labelmap rows and class index -> labelmap row (ignore -> 0)."""
     rows: list[tuple[str, tuple[int, int, int]]] = [(BACKGROUND, (0, 0, 0))]
     used = {(0, 0, 0)}

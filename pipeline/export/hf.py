@@ -96,5 +96,6 @@ def _card(splits: list[str], names: list[str]) -> str:
         "---\nconfigs:\n- config_name: default\n  data_files:\n" + files + "---\n\n"
         "# Pseudo-labeled segmentation data (`pseudolabel export --format hf`)\n\n"
         "Columns: `key`, `image` (RGB, the pixels the labels were made on: EXIF orientation applied), `label` "
-        "(palette PNG of the image's size: pixel value = class index, 255 = ignore), `original_path`. Classes (index order, also in `id2label.json`): " + classes + "\n"
+        "(palette PNG of the image's size: pixel value = class index, 255 = ignore), `original_path`. "
+        "Classes (index order, also in `id2label.json`): " + classes + "\n"
     )

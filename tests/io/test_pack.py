@@ -191,3 +191,14 @@ def test_pack_into_a_folder_inside_the_photos_skips_itself(tmp_path):
     (photos / "shards" / "stray.png").write_bytes(encode(rgb_image(32, 32, 6)))
     again = pack_folder(photos, photos / "shards")
     assert again.samples == 0 and again.unchanged == 4
+
+
+def test_run_on_a_photo_folder_needs_a_local_output(tmp_path):
+    from pipeline.io.pack import is_photo_folder, pack_for_run
+
+    make_folder(tmp_path / "photos")
+    assert is_photo_folder(str(tmp_path / "photos")) and not is_photo_folder(str(tmp_path / "nowhere"))
+    pack_folder(tmp_path / "photos", tmp_path / "shards")
+    assert not is_photo_folder(str(tmp_path / "shards"))  # a folder of shards is read as shards
+    with pytest.raises(UserError, match="pack it first"):
+        pack_for_run(str(tmp_path / "photos"), "s3://bucket/out", ["jpg"])
