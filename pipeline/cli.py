@@ -63,8 +63,9 @@ def add_json_argument(parser: argparse.ArgumentParser, what: str = "the results"
 
 
 def deprecated(command: str, old: str, new: str) -> None:
-    """One line on stderr for an old spelling that still works."""
-    print(f"pseudolabel {command}: note: {old} is deprecated, use {new}", file=sys.stderr)
+    """One line on stderr for an old spelling that still works: a WARNING log line, so that scripts
+    (and tests) that read our one error line by its `pseudolabel CMD: error:` prefix are unaffected."""
+    log.warning("pseudolabel %s: %s is deprecated, use %s", command, old, new)
 
 
 def resolve_out(args: argparse.Namespace, positional: str, command: str, required: bool = True) -> Optional[str]:
