@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.redact import redact_config, redact_text, redact_url
 from pipeline.io.layout import (
     RowStatus, ShardStatus, conf_member, label_member, manifest_path, mask_shard_path,
 )
@@ -82,10 +83,10 @@ class SampleResult:
         return ManifestRow(
             key=self.key,
             sample_index=self.sample_index,
-            source_shard=self.source_shard,
+            source_shard=redact_url(self.source_shard),  # no user:password or presigned query
             image_member=self.image_member,
             status=OK if ok else ERROR,
-            error=None if ok else str(self.error),
+            error=None if ok else redact_text(str(self.error)),
             width=self.width,
             height=self.height,
             mask_shard=mask_shard if ok else None,
@@ -190,6 +191,9 @@ class DoneRecord(ShardResult):
         # schema_version first, then the fields in declaration order: the order of done-v1.
         doc: dict[str, Any] = {"schema_version": self.schema_version}
         doc.update((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "schema_version")
+        # Secrets never leave the process (pipeline.redact): the URL loses user:password and query.
+        doc["source"] = redact_url(doc["source"]) if doc.get("source") else doc.get("source")
+        doc["failure"] = redact_text(doc["failure"]) if doc.get("failure") else doc.get("failure")
         return doc
 
     def to_json(self) -> bytes:
@@ -276,7 +280,7 @@ class DatasetMeta:
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
             "label_dtype": self.label_dtype,
-            "config": self.config,
+            "config": redact_config(self.config),  # io.storage_options' credentials never written
             "config_fingerprint": self.config_fingerprint,
             "model": self.model,
             "versions": self.versions,

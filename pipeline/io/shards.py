@@ -103,7 +103,10 @@ def _expand(spec: str, options: Optional[dict[str, Any]], depth: int, origin: _O
         return list(braceexpand(spec))
     if "{" in spec and (".." in spec or "," in spec):
         return [u for part in braceexpand(spec) for u in _expand(part, options, depth, origin)]
-    is_glob = any(c in spec.split("://", 1)[-1] for c in "*?[")
+    where = spec.split("://", 1)[-1]
+    if spec.lower().startswith(("http://", "https://")):
+        where = where.split("?", 1)[0]  # `?` starts a query there (a presigned URL), not a glob
+    is_glob = any(c in where for c in "*?[")
     if not is_glob and spec.split("?", 1)[0].lower().endswith(SHARD_SUFFIXES):
         return [spec]  # a single shard: no listing, so http(s) URLs need no round trip here
     fs, path = _fs(spec, options)

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import posixpath
-import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import TransientReadError, TransientWriteError, UserError
 from pipeline.io.atomic import commit_local, create_temp
+from pipeline.redact import redact_foreign, register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def storage_options_for(url: str, options: Optional[dict[str, Any]] = None) -> d
     and gcsfs read on their own; only the endpoint of S3-compatible stores needs passing through.
     """
     opts = dict(options or {})
+    register_secrets(opts)  # redacted wherever they show up later in this process (pipeline.redact)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -302,13 +303,6 @@ def _pipe_status(proc: subprocess.Popen) -> Optional[int]:
 
 
 PIPE_TAIL_CHARS = 120  # of the command's last stderr line kept in the failure (records, logs), redacted
-# What may carry a secret in a command's error output: user:password@ in URLs, query strings
-# (presigned URLs), `key=value` / `key: value` for secret-looking keys, and long token-like runs.
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_QUERY = re.compile(r"(?<=[^\s?])\?[^\s]*")
-_SECRET_PAIR = re.compile(r"(?i)\b(\w*(?:key|secret|token|passw\w*|signature|credential|auth\w*)\w*)(\s*[=:]\s*)\S+")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
-_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 
 
 def _pipe_failure(cmd: str, rc: int, errors: IO[bytes]) -> str:
@@ -323,15 +317,9 @@ def _pipe_failure(cmd: str, rc: int, errors: IO[bytes]) -> str:
 
 
 def redact_text(text: str, limit: int = PIPE_TAIL_CHARS) -> str:
-    """`text` with URL credentials, query strings, secret-looking values and long tokens replaced
-    by `***`, control characters dropped, cut to `limit` characters."""
-    text = "".join(c if c.isprintable() else " " for c in text)
-    text = _USERINFO.sub("***@", text)
-    text = _QUERY.sub("?***", text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
-    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    text = _TOKEN.sub("***", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """`text` of a command's stderr, redacted and cut to `limit` (`pipeline.redact.redact_foreign`,
+    the project's one redaction module)."""
+    return redact_foreign(text, limit)
 
 
 def _program(cmd: str) -> str:

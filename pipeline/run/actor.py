@@ -218,6 +218,9 @@ def _worker_id() -> str:
 
 
 def _configure_logging(level: int) -> None:
+    from pipeline.redact import install_log_redaction
+
+    install_log_redaction()  # a worker's log lines (forwarded to the driver) carry no credential
     logger = logging.getLogger("pipeline")
     logger.setLevel(level)
     if not logging.getLogger().handlers and not logger.handlers:

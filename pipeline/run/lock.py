@@ -46,6 +46,7 @@ from pipeline.errors import UserError
 from pipeline.io.atomic import create_temp, write_atomic
 from pipeline.io.layout import LOCK_JSON
 from pipeline.io.storage import storage_options_for
+from pipeline.redact import redact_text
 from pipeline.run.lock_record import (  # noqa: F401 - LockRecord and the staleness settings are part of this API
     DEFAULT_STALE_AFTER_S, STALE_ENV, LockRecord, dead_grace, default_stale_after_s, holder_stale_after, pid_alive,
     pid_start,
@@ -186,7 +187,7 @@ class RunLock:
         return LockRecord(
             run_id=self.run_id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
             heartbeat_at=now, heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s,
-            output=self.output_url, command=" ".join(sys.argv)[:500],
+            output=self.output_url, command=redact_text(" ".join(sys.argv))[:500],  # no credentials
             pid_start=pid_start(os.getpid()),
         )
 

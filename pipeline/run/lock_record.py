@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from pipeline.errors import UserError
+from pipeline.redact import redact_text  # a record written before redaction may still hold a secret
 
 STALE_ENV = "PSEUDOLABEL_LOCK_STALE_S"
 DEFAULT_STALE_AFTER_S = 300.0
@@ -59,7 +60,7 @@ class LockRecord:
         age = self.heartbeat_age()
         return (
             f"run {self.run_id} on host {self.host} pid {self.pid} "
-            f"(started {self.started_at}, last heartbeat {age:.0f}s ago, command: {self.command})"
+            f"(started {self.started_at}, last heartbeat {age:.0f}s ago, command: {redact_text(self.command)})"
         )
 
 

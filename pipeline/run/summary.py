@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from pipeline.io.layout import ShardStatus
 from pipeline.io.records import DatasetMeta
+from pipeline.redact import redact_text, redact_url
 from pipeline.run.tally import RunTally
 
 STATS_SCHEMA_VERSION = 2
@@ -97,7 +98,8 @@ def summarize(input_spec: str, output: str, shards_total: int, complete: Any, re
     shard whose record checks; `made`: those of them this run labeled, i.e. among `pending`), and
     from this run's tally only what no record holds (why a shard failed)."""
     made = made if made is not None else complete.restrict(pending)
-    s = RunSummary(input=input_spec, output=output, shards_total=shards_total,
+    # Printed and written to _stats.json: no user:password or presigned query (pipeline.redact).
+    s = RunSummary(input=redact_text(input_spec), output=redact_text(output), shards_total=shards_total,
                    shards_skipped=len(complete) - len(made) if skipped is None else skipped)
     class_pixels: list[int] = []
     for r in made.values():  # this run: the records it committed
@@ -141,7 +143,8 @@ def _fold_failures(s: RunSummary, pending: Iterable[str], made: Any, results: Ru
 def _add_failed(s: RunSummary, shard: str, source: str, status: str, reason: Any) -> None:
     s.shards_failed += 1
     if len(s.failed_shards) < FAILED_SHARDS_LISTED:
-        s.failed_shards.append({"shard": shard, "source": source, "status": status, "reason": reason})
+        s.failed_shards.append({"shard": shard, "source": redact_url(source) if source else source, "status": status,
+                                "reason": redact_text(reason) if isinstance(reason, str) else reason})
 
 
 def stats_doc(s: RunSummary) -> dict[str, Any]:

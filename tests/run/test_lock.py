@@ -261,7 +261,7 @@ def test_cli_run_with_short_lock_stale_after_refuses_a_live_holder(tmp_path, cap
         assert read_lock(str(out)).host == "another-host"
         time.sleep(1.0)  # older than the breaker's 0.5 s, far from the holder's 300 s
         sets = [arg for item in tiny_overrides for arg in ("--set", item)]
-        code = main(["run", str(corpus), str(out), "--no-progress", "--lock-stale-after", "0.5", *sets])
+        code = main(["run", str(corpus), "--out", str(out), "--no-progress", "--lock-stale-after", "0.5", *sets])
         err = capsys.readouterr().err
         assert code == 2, err
         assert f"is locked by run {holder.run_id}" in err and "Traceback" not in err

@@ -49,7 +49,7 @@ def test_overwrite_refuses_a_symlinked_output_folder(tmp_path, capsys, corpus, t
     out.mkdir()
     (out / "dataset.json").write_text("{}")  # a previous run's output, as far as --overwrite cares
     (out / folder).symlink_to(victim, target_is_directory=True)
-    code = main(["run", str(corpus), str(out), "--overwrite", "--no-progress", *_sets(tiny_overrides)])
+    code = main(["run", str(corpus), "--out", str(out), "--overwrite", "--no-progress", *_sets(tiny_overrides)])
     err = capsys.readouterr().err
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip() and " INFO " not in line]
@@ -127,7 +127,7 @@ def test_cli_run_heartbeat_ignores_a_symlink_planted_at_the_old_temp_name(tmp_pa
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"victim bytes")
     env = dict(os.environ, PSEUDOLABEL_LOCK_STALE_S="2", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(corpus), str(out), "--no-progress",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--out", str(out), "--no-progress",
                              *_sets(tiny_overrides)], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
