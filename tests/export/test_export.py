@@ -265,6 +265,8 @@ def test_sample_filter_and_refusals(fake, tmp_path):
     for key in kept:
         assert 4 not in np.unique(np.array(Image.open(dest / "ann_dir" / "train" / f"{key}.png")))
     assert summary.samples["train"] == len(kept) < len(expected_labels(fake, 0.0))
+    lowest = export_output(str(fake.root), tmp_path / "lowest", "mmseg", lowest=2)  # any format takes --lowest
+    assert lowest.samples == {"train": 2, "val": 0}
     with pytest.raises(UserError, match="not empty"):
         export_output(str(fake.root), dest, "mmseg")
     with pytest.raises(UserError, match="unknown export format"):
