@@ -298,3 +298,22 @@ def test_ray_notices_are_silenced_unless_verbose():
     quiet_ray()
     assert not logging.getLogger("ray._private.authentication.authentication_token_setup").isEnabledFor(logging.WARNING)
     assert _warn_once() == ""
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("command", ["export", "report", "eval", "bench"])
+def test_ctrl_c_in_every_command_is_one_line_exit_130(command, fake_output, tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("s000", "s001"):
+        fifo(blocked / f"{name}.tar")  # input shards that block the reader until the signal comes
+    args = {
+        "export": ["export", str(fake_output.root), "--out", str(tmp_path / "dest"), "--format", "voc",
+                   "--images-root", str(blocked)],
+        "report": ["report", str(fake_output.root), "--images-root", str(blocked)],
+        "eval": ["eval", str(fake_output.root), "--gt", str(blocked / "s000.tar")],
+        "bench": ["bench", "--config", str(fifo(tmp_path / "bench.yaml"))],
+    }[command]
+    rc, err = interrupt(args, after_s=6.0)
+    assert rc == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("pseudolabel")] == [f"pseudolabel {command}: interrupted"]
