@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-min-confidence", type=_thresholds, metavar="T1,T2,...",
         help="also score with pixels of stored confidence < T set to ignore, for each T (e.g. 0,0.2,0.4,0.6,0.8)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--save", action="store_true", help="also write OUTPUT/eval.json (shown by `pseudolabel report`)")
 
 
@@ -36,8 +36,13 @@ def main(args: argparse.Namespace) -> int:
         args.output, args.gt if len(args.gt) > 1 else args.gt[0],
         class_map=args.class_map, gt_ignore=args.gt_ignore, sweep_thresholds=args.sweep_min_confidence,
     )
-    print(format_table(result))
-    if args.json:
+    if args.json == "-":  # the JSON instead of the table, as every command's `--json -`
+        import json
+
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+    if args.json and args.json != "-":
         result.write_json(args.json)
         log.info("wrote %s", args.json)
     if args.save:

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_arguments(parser)  # io.storage_options for object stores
     parser.add_argument("--first", type=int, default=20, metavar="N", help="problems to print (default 20)")
-    parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH ('-' for stdout)")
     parser.add_argument(
         "--no-decode", action="store_true",
         help="check PNG headers (size, mode) without decoding the pixels: faster, catches less",
@@ -59,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
         args.output, args.input, cfg.io.storage_options, decode=not args.no_decode, workers=args.workers,
         deep=args.deep, incremental=args.incremental, record_verified=True, allow_pipe=args.allow_pipe,
     )
+    if args.json == "-":  # the JSON instead of the summary, as every command's `--json -`
+        print(json.dumps(report.to_dict(), indent=1))
+        return 0 if report.passed else 1
     print(report.summary(first=args.first))
     if args.json:
         with open(args.json, "w") as f:

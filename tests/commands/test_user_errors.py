@@ -317,3 +317,13 @@ def test_ctrl_c_in_every_command_is_one_line_exit_130(command, fake_output, tmp_
     rc, err = interrupt(args, after_s=6.0)
     assert rc == 130 and "Traceback" not in err, err
     assert [line for line in err.splitlines() if line.startswith("pseudolabel")] == [f"pseudolabel {command}: interrupted"]
+
+
+def test_json_dash_prints_json_on_stdout(fake_output, tmp_path, capsys):
+    import json
+
+    rc = main(["verify", str(fake_output.root), "--json", "-"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and "passed" in json.dumps(doc)
+    rc = main(["progress", str(fake_output.root), "--json", "-"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["done_shards"] == 2
