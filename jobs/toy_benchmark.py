@@ -31,6 +31,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.io.atomic import write_atomic  # noqa: E402
 from pipeline.engine import Segmenter  # noqa: E402
 from pipeline.engine.loading import file_sha256  # noqa: E402
 from pipeline.evaluation.metrics import compute_metrics, confusion_counts  # noqa: E402
@@ -248,9 +249,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any], common: list[str], 
     result["seconds"] = round(result.get("seconds", 0) + time.time() - t0, 1)
     result["table_markdown"] = markdown(result) if set(result["default"]) == set(BASES) else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    write_atomic(args.out, json.dumps(result, indent=2).encode())  # random temporary, never a planted symlink
     if result["table_markdown"]:
         print(result["table_markdown"])
     return 0

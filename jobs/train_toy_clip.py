@@ -54,6 +54,7 @@ import open_clip  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # noqa: E402
 
+from pipeline.io.atomic import atomic_local_path  # noqa: E402
 from pipeline.toyworld.classes import NAMES, NUM_CLASSES, THINGS  # noqa: E402
 from pipeline.toyworld.generator import generate_scene, join_names, split_seed  # noqa: E402
 
@@ -388,16 +389,14 @@ def train_step(model, tokenizer, pool, cfg: TrainConfig, step: int) -> dict[str,
 
 
 def save_state(path: Path, model, opt, step: int, cfg: TrainConfig, elapsed: float, best: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg),
-                "elapsed": elapsed, "best": best}, tmp)
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:  # random temporary, created exclusively
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg),
+                    "elapsed": elapsed, "best": best}, tmp)
 
 
 def save_weights(path: Path, model) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(openai_state_dict(model), tmp)
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:  # random temporary, created exclusively
+        torch.save(openai_state_dict(model), tmp)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.errors import UserError
+from pipeline.io.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +171,7 @@ def _write_summary(out: Path, args, cfg, relabel, rounds: list[dict[str, Any]]) 
 
     doc = {"output": str(args.output), "rounds_requested": args.rounds, "recipe": cfg.to_dict(),
            "relabel": dataclasses.asdict(relabel), "rounds": rounds}
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out / SUMMARY_FILE)
+    write_atomic(out / SUMMARY_FILE, (json.dumps(doc, indent=2) + "\n").encode())  # random temporary, never followed
 
 
 class _bar:

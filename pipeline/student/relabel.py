@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.io.atomic import write_atomic
 from pipeline.io.tarfiles import write_tar
 from pipeline.student.data import scaled_size
 from pipeline.student.model import normalize
@@ -132,9 +133,7 @@ def relabel(selection: Selection, engine, out_dir: str | Path, recipe: RelabelRe
             progress(samples)
     record = {"samples": samples, "shards": len(selection.shards), "recipe": dataclasses.asdict(recipe),
               "student": engine.model_identity, "histogram": hist.to_list()}
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(done)  # written last: the relabeling is complete
+    write_atomic(done, json.dumps(record).encode())  # written last: the relabeling is complete
     return _selection(selection, out), hist
 
 

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from pipeline.io.atomic import write_atomic
 from pipeline.evaluation.outputs import decode_conf_png, decode_label_png, group_members, iter_tar_members
 
 LEVELS = 256  # uint8 confidence levels
@@ -106,7 +107,5 @@ def selection_histogram(selection, cache: Optional[Path] = None) -> ConfidenceHi
                           info.ignore_index, selection.shards[0].storage_options if selection.shards else None)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"counts": hist.to_list()}))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps({"counts": hist.to_list()}).encode())  # random temporary, never followed
     return hist
