@@ -156,6 +156,12 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
         print(f"pseudolabel run: {failure_line(summary, args.max_failure_rate)}; see {args.output}/_stats.json",
               file=sys.stderr)
         return EXIT_TOO_MANY_FAILURES
+    if summary.dataset_images_failed and not summary.images_ok + summary.images_failed:
+        # Nothing labeled now, so nothing failed now (exit 0); say why an earlier run may have exited 1.
+        print(f"pseudolabel run: note: {summary.dataset_images_failed} of "
+              f"{summary.dataset_images_ok + summary.dataset_images_failed} images of OUTPUT failed in earlier runs "
+              f"(judged when they were labeled; listed in the manifests, `pseudolabel report` shows them)",
+              file=sys.stderr)
     return 0
 
 

@@ -54,3 +54,19 @@ def test_images_bar_has_a_total_from_the_start(tmp_path):
         assert bar.bar.tasks[bar.images].total == 5 + 5 * 3
     finally:
         bar.close()
+
+
+def test_a_rerun_with_nothing_to_label_says_earlier_failures_exist(monkeypatch, capsys):
+    import argparse
+
+    from pipeline.config import load_config
+
+    done = RunSummary(input="in", output="out", shards_total=3, shards_skipped=3, dataset_images_ok=15,
+                      dataset_images_failed=3)
+    monkeypatch.setattr("pipeline.run.runner.run_pipeline", lambda *a, **k: done)
+    args = argparse.Namespace(input="in", output="out", no_progress=True, overwrite=False, ray_address=None,
+                              break_lock=False, lock_stale_after=None, allow_pipe=False, repair=False,
+                              json_summary="-", max_failure_rate=None)
+    assert run_command._run(args, load_config()) == 0
+    err = capsys.readouterr().err
+    assert "3 of 18 images of OUTPUT failed in earlier runs" in err
