@@ -98,5 +98,5 @@ class ErrorKind(enum.StrEnum):
     NO_IMAGE = "no_image"  # no member with an image extension
     TRUNCATED_TAR = "truncated_tar"  # the shard ended inside this sample
     DUPLICATE_KEY = "duplicate_key"  # key already seen earlier in the shard
-    UNSAFE_KEY = "unsafe_key"  # key with a ".." component or an absolute path (never a member name)
+    UNSAFE_KEY = "unsafe_key"  # "..", absolute, control characters or too long for a file system (io.reader.key_problem)
     INFERENCE = "inference"  # the engine failed on this image

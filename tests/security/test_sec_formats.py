@@ -100,3 +100,27 @@ def test_decode_formats_follow_io_image_extensions():
         decode_image(_png(), only_jpeg)
     with pytest.raises(SampleError, match="corrupt: not a recognised image format"):
         decode_image(b"plain garbage bytes", only_jpeg)
+
+
+def test_training_loader_refuses_eps_swapped_into_a_labeled_input(tmp_path, fake_ghostscript):
+    """An input shard rewritten after labeling (a shared folder): the training loader's decoder
+    refuses the EPS member in one error, and Ghostscript never starts."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from output_fixture import synthetic_sample, write_output_dir
+
+    from pipeline.io.tarfiles import iter_members
+    from pipeline.training.loader import PseudoLabelDataset
+
+    rng = np.random.default_rng(1)
+    out = write_output_dir(tmp_path / "labels", {"p-000000": [synthetic_sample(rng, f"s{i}", (24, 32), 3)
+                                                              for i in range(3)]}, ["a", "b", "c"])
+    source = out.input_dir / "p-000000.tar"
+    members = list(iter_members(source))
+    members[0] = (members[0][0], EPS)  # same name, PostScript inside
+    write_tar(source, members)
+    with pytest.raises(ValueError, match="unsupported_format: EPS"):
+        list(PseudoLabelDataset(str(out.root), shuffle_shards=False))
+    assert not fake_ghostscript.exists()
