@@ -149,6 +149,9 @@ class RayConfig:
     max_actor_restarts: int = 3  # restarts of a lost actor (infrastructure failures only)
     max_shard_retries: int = 3  # re-submissions of a shard whose worker was lost
     shard_stall_timeout_s: float = 1800.0  # a shard whose samples do not move for this long fails and is retried (0 = off)
+    # On SIGTERM, how long shards in flight may take to finish before the run stops (then at once);
+    # below Kubernetes' default 30 s grace, so the lock is released before a SIGKILL.
+    term_grace_s: float = 20.0
 
 
 @dataclass
@@ -256,6 +259,7 @@ RANGES: dict[str, Range] = {
     "ray.max_actor_restarts": Range(0),
     "ray.max_shard_retries": Range(0),
     "ray.shard_stall_timeout_s": Range(0, note="0 = off"),
+    "ray.term_grace_s": Range(0, note="0 = stop at the first SIGTERM"),
     "labels.min_confidence": Range(0, 1),
     "batch_size": Range(1),
 }

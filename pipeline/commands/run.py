@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Exit codes: 0 done, 1 this run's failures above the limit, 2 a user or file system error
-    (one line, nothing half-written), 130 interrupted (Ctrl-C; re-running resumes)."""
+    (one line, nothing half-written), 130 interrupted (Ctrl-C; re-running resumes), 143 stopped by
+    SIGTERM (shards in flight finished within ray.term_grace_s; re-running resumes)."""
     from pipeline.config import load_config
 
     _old_spellings(args)
@@ -131,6 +132,7 @@ def _packed_input(args: argparse.Namespace, cfg: Any) -> Optional[str]:
 
 def _run(args: argparse.Namespace, cfg: Any) -> int:
     from pipeline.run.runner import run_pipeline
+    from pipeline.run.termination import EXIT_TERMINATED, GracefulStop, Terminated
 
     level = logging.getLogger().getEffectiveLevel()
     if level > logging.DEBUG:
@@ -139,10 +141,16 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
     if bar is not None:
         bar.per_shard_guess = samples_in_first_local_shard(args.input)
     try:
-        summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
-                               ray_address=args.ray_address, progress=bar, log_level=level,
-                               break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after,
-                               allow_pipe=args.allow_pipe, repair=args.repair)
+        # SIGTERM (Kubernetes, Ray Jobs): shards in flight finish, the lock is released (run/termination.py)
+        with GracefulStop(cfg.ray.term_grace_s) as graceful:
+            summary = run_pipeline(args.input, args.output, cfg, overwrite=args.overwrite,
+                                   ray_address=args.ray_address, progress=bar, log_level=level,
+                                   break_lock=args.break_lock, lock_stale_after_s=args.lock_stale_after,
+                                   allow_pipe=args.allow_pipe, repair=args.repair, graceful=graceful)
+    except Terminated as exc:
+        complete = f"; {exc.complete} shards complete" if exc.complete is not None else ""
+        print(f"pseudolabel run: {exc.why}{complete}, re-run the same command to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         if bar is not None:
             bar.close()

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import ray
 from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
@@ -78,9 +78,16 @@ class Dispatcher:
                  on_progress: Callable[[int, int, int], None], on_result: Callable[[ShardResult], None],
                  stall_timeout_s: float = 900.0, stop: Optional[threading.Event] = None,
                  max_actor_restarts: int = 3, shard_stall_timeout_s: float = 0.0,
-                 transient_backoff_s: float = TRANSIENT_BACKOFF_S):
+                 transient_backoff_s: float = TRANSIENT_BACKOFF_S, drain: Optional[Any] = None,
+                 reviving: Sequence[tuple[Any, int]] = ()):
         self.actors = list(actors)
+        # Actors that died while starting (pipeline.run.startup), with their deaths so far: pinged
+        # until Ray has restarted them, like actors lost later.
+        self.reviving = list(reviving)
         self.stop = stop  # set when this run lost its lock: no new shard is handed out
+        # A pipeline.run.termination.GracefulStop (SIGTERM): once requested, no new shard is handed
+        # out, the run returns when those in flight are done, and raises Terminated past the grace.
+        self.drain = drain
         self.stall_timeout_s = stall_timeout_s
         self.shard_stall_timeout_s = shard_stall_timeout_s  # 0 = no per-shard watchdog
         self.max_actor_restarts = max_actor_restarts
@@ -107,14 +114,20 @@ class Dispatcher:
     def run(self, shards: list[ShardSpec]) -> RunTally:
         self.todo.extend((s, 0) for s in shards)
         self.idle = list(reversed(self.actors))  # ready actors (see wait_ready); pop() takes the first
+        for actor, deaths in self.reviving:
+            self.losses[_actor_key(actor)] = deaths - 1
+            self._revive(actor)
         while self.todo or self.delayed or self.live:
             if self.stop is not None and self.stop.is_set():
                 self._abandon("another run took over the OUTPUT lock")
                 break
+            if self._drained():
+                break  # queued shards stay untouched: not labeled, not failed (the next run labels them)
             now = time.monotonic()
             self._release_delayed(now)
             self._send_pings(now)
-            self._assign()
+            if not self._draining():
+                self._assign()
             if self.live:
                 self.last_busy = now
             elif not self._may_get_workers() or now - self.last_busy > self.stall_timeout_s:
@@ -126,6 +139,16 @@ class Dispatcher:
             self._watchdog(time.monotonic())
         self._drain_progress(force=True)
         return self.tally
+
+    def _draining(self) -> bool:
+        return self.drain is not None and self.drain.requested.is_set()
+
+    def _drained(self) -> bool:
+        """Under a graceful stop: True once no shard is in flight; `Terminated` past the grace."""
+        if not self._draining():
+            return False
+        self.drain.raise_if_overdue(len(self.live))
+        return not self.live
 
     def _may_get_workers(self) -> bool:
         return bool(self.tasks or self.pings or self.idle)

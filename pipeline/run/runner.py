@@ -29,6 +29,7 @@ from pipeline.config import Config
 from pipeline.identity import Identity, IdentityMismatch, mismatch_message
 from pipeline.run.preflight import Preflight, preflight
 from pipeline.run.startup import setup_workers
+from pipeline.run.termination import GracefulStop, Terminated
 from pipeline.run.summary import DEFAULT_MAX_SAMPLE_FAILURE, RunSummary, stats_doc, summarize  # noqa: F401 (re-exported)
 from pipeline.run.summary import FAILED_SHARDS_LISTED
 from pipeline.run.shard_check import describe as describe_relabel, forget_records, plan_relabel
@@ -69,7 +70,7 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
                  engine_factory: Optional[EngineFactory] = None, log_level: int = logging.INFO,
                  break_lock: bool = False, lock_stale_after_s: Optional[float] = None,
                  fault_factory: Optional[FaultFactory] = None, allow_pipe: bool = False,
-                 repair: bool = False) -> RunSummary:
+                 repair: bool = False, graceful: Optional[GracefulStop] = None) -> RunSummary:
     """Label every incomplete shard of `input_spec` into `output`; see the module doc for semantics.
     `fault_factory` (tests) builds a hook in each worker that sees its progress (pipeline.run.actor).
     `repair` (--repair): also relabel shards whose files fail the checks that need them read
@@ -77,7 +78,9 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
 
     The whole run holds OUTPUT/_lock.json (`break_lock`, `lock_stale_after_s`: see
     `pipeline.run.lock.RunLock`); when another run takes it over, no more shards are handed out
-    and the run ends with `LockHeldError`."""
+    and the run ends with `LockHeldError`. `graceful` (the command line's SIGTERM handling,
+    pipeline.run.termination): once requested, no more shards are handed out, those in flight
+    finish, and the run ends with `Terminated`."""
     # Before the lock and Ray: a typo fails in a second. `allow_pipe`: --allow-pipe (docs/security.md).
     pre = preflight(input_spec, output, cfg, allow_pipe=allow_pipe)
     out = OutputDir(output, cfg.io.storage_options)
@@ -85,13 +88,13 @@ def run_pipeline(input_spec: str, output: str, cfg: Config, *, overwrite: bool =
         return _run_locked(input_spec, pre, out, cfg, overwrite=overwrite, ray_address=ray_address,
                            progress=progress or Progress(), engine_factory=engine_factory,
                            log_level=log_level, lock_lost=lock.lost, fault_factory=fault_factory,
-                           repair=repair)
+                           repair=repair, graceful=graceful)
 
 
 def _run_locked(input_spec: str, pre: Preflight, storage: OutputDir, cfg: Config, *, overwrite: bool, ray_address: Optional[str],
                 progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
                 lock_lost: threading.Event, fault_factory: Optional[FaultFactory] = None,
-                repair: bool = False) -> RunSummary:
+                repair: bool = False, graceful: Optional[GracefulStop] = None) -> RunSummary:
     t0 = time.monotonic()
     output = storage.root
     shards = pre.shards
@@ -121,9 +124,13 @@ def _run_locked(input_spec: str, pre: Preflight, storage: OutputDir, cfg: Config
             nonlocal dataset
             dataset = _ensure_dataset_json(storage, dataset, cfg, described, pre.identity, output, overwrite)
 
-        results, label_seconds = _label_on_ray(pending, cfg, output, ray_address, progress, engine_factory,
-                                               log_level, lock_lost, pre.identity, on_ready,
-                                               fault_factory=fault_factory)
+        try:
+            results, label_seconds = _label_on_ray(pending, cfg, output, ray_address, progress, engine_factory,
+                                                   log_level, lock_lost, pre.identity, on_ready,
+                                                   fault_factory=fault_factory, graceful=graceful)
+        except Terminated as exc:  # SIGTERM: no _stats.json (like Ctrl-C); the lock is released above
+            exc.complete = len(records) + exc.labeled
+            raise
         if lock_lost.is_set():
             # Another run owns OUTPUT now: leave _stats.json to it.
             raise LockHeldError(f"lost the lock on {output} to another run; stopped handing out shards")
@@ -263,16 +270,20 @@ def _clear_outputs(storage: OutputDir) -> None:
 def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_address: Optional[str],
                   progress: Progress, engine_factory: Optional[EngineFactory], log_level: int,
                   stop: Optional[threading.Event] = None, identity: Optional[Identity] = None,
-                  on_ready: Optional[Any] = None,
-                  fault_factory: Optional[FaultFactory] = None) -> tuple[RunTally, float]:
+                  on_ready: Optional[Any] = None, fault_factory: Optional[FaultFactory] = None,
+                  graceful: Optional[GracefulStop] = None) -> tuple[RunTally, float]:
     """Start the workers, check what they loaded against `identity`, call `on_ready(described)`,
-    then hand out `pending`; returns this run's tally and its labeling seconds."""
+    then hand out `pending`; returns this run's tally and its labeling seconds. Raises
+    `Terminated` when `graceful` was requested (SIGTERM), once the shards in flight are done."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.run.dispatch import Dispatcher
 
     with ray_session(cfg, ray_address):
+        if graceful is not None:
+            graceful.install()  # ray.init replaced our SIGTERM handler with its own (which aborts)
+            graceful.check()
         count, options = _actor_plan(cfg, len(pending))
         board_name = f"pseudolabel-progress-{uuid.uuid4().hex[:12]}"
         # Pinned to the driver's node: losing a worker node must not take the progress board along.
@@ -282,8 +293,11 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
         expected = identity.to_dict() if identity is not None else None
         actors = [worker_cls.remote(cfg, output, board_name, engine_factory, log_level, fault_factory, expected)
                   for _ in range(count)]
+        dispatcher = None
         try:
-            workers = setup_workers(actors, identity, ACTOR_START_TIMEOUT_S) if identity is not None else None
+            workers = (setup_workers(actors, identity, ACTOR_START_TIMEOUT_S,
+                                     should_stop=graceful.check if graceful is not None else None)
+                       if identity is not None else None)
             ready = workers.ready if workers is not None else actors
             if on_ready is not None:
                 on_ready(workers.described if workers is not None else ray.get(ready[0].describe.remote()))
@@ -291,10 +305,16 @@ def _label_on_ray(pending: list[ShardSpec], cfg: Config, output: str, ray_addres
                                     on_progress=progress.update, on_result=progress.shard_finished,
                                     stall_timeout_s=cfg.ray.stall_timeout_s, stop=stop,
                                     max_actor_restarts=cfg.ray.max_actor_restarts,
-                                    shard_stall_timeout_s=cfg.ray.shard_stall_timeout_s)
+                                    shard_stall_timeout_s=cfg.ray.shard_stall_timeout_s, drain=graceful,
+                                    reviving=workers.restarting if workers is not None else ())
             t0 = time.monotonic()
             results = dispatcher.run(pending)
+            if graceful is not None and graceful.requested.is_set():
+                raise Terminated("stopped by SIGTERM")  # counted just below
             return results, time.monotonic() - t0
+        except Terminated as exc:
+            exc.labeled = dispatcher.tally.shards_complete if dispatcher is not None else 0
+            raise
         finally:
             for actor in [*actors, board]:
                 ray.kill(actor)
