@@ -133,7 +133,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return rc
     except KeyboardInterrupt:
         # Anywhere, even while torch imports: one line, and what to do next when there is something.
-        hint = getattr(_command_module(COMMANDS[command][0]), "INTERRUPTED_HINT", "") if command else ""
+        # sys.modules, not an import: the interrupt may have come while that very module imported.
+        module = sys.modules.get(f"pipeline.commands.{COMMANDS[command][0]}") if command else None
+        hint = getattr(module, "INTERRUPTED_HINT", "")
         print(f"pseudolabel{f' {command}' if command else ''}: interrupted{f'; {hint}' if hint else ''}",
               file=sys.stderr)
         if verbose:
@@ -142,7 +144,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `pseudolabel verify OUT | head`: the reader left, nothing to say
-        sys.stderr.close()
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
         return 0
 
 
