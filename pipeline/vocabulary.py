@@ -3,6 +3,10 @@
 File format (the one of the authors' `cls_*.txt`): one class per line, synonyms separated by ", ".
 A YAML list of such strings (or of lists of synonyms) is accepted too. Every synonym is a separate
 text query; a class's probability is the max over its queries.
+
+Checked on load, each error one line naming the file and the line: UTF-8 text (a byte-order mark
+is dropped), every entry a name or a list of names, no class twice (CLIP's tokenizer ignores case:
+`dog` and `Dog` are one class), no word in two classes unless `vocabulary.shared_synonyms`.
 """
 from __future__ import annotations
 
