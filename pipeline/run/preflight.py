@@ -157,5 +157,6 @@ def expand_local_hint(input_spec: str, exc: UserError) -> UserError:
     path = local_path(input_spec)
     if path is None or not path.is_dir():
         return exc
-    return UserError(f"INPUT {input_spec} is a folder with no .tar shards in it; to label a folder of images, "
-                     f"run `pseudolabel pack {input_spec} --out SHARDS` first, then `pseudolabel run SHARDS ...`")
+    return UserError(f"INPUT {input_spec} is a folder with neither .tar shards nor images in it; give a folder "
+                     f"of shards or of photos (`run` packs photos itself), or run `pseudolabel pack DIR --out SHARDS` "
+                     f"first, then `pseudolabel run SHARDS --out OUTPUT`")
