@@ -133,3 +133,6 @@ def test_run_with_a_preset_outside_the_checkout(installed):
     done = json.loads((work / "out" / "_done" / "part-000000.json").read_text())
     assert done["status"] == "done" and done["ok"] == 3
     _sh([str(venv / "bin" / "pseudolabel"), "verify", "out", str(shard.parent)], work, env)
+    # `progress` ships in the wheel (it was a script in jobs/ only)
+    progress = _sh([str(venv / "bin" / "pseudolabel"), "progress", "out", str(shard.parent)], work, env)
+    assert progress.stdout.startswith("shards done: 1/1")
