@@ -80,7 +80,7 @@ def test_run_with_a_hostile_model_student_in_a_config_fails_before_ray(tmp_path,
     shards.mkdir()
     (shards / "a.tar").write_bytes(b"\0" * 1024)
     out = tmp_path / "out"
-    rc = main(["run", str(shards), str(out), "--config", str(config), "--no-progress"])
+    rc = main(["run", str(shards), "--out", str(out), "--config", str(config), "--no-progress"])
     assert rc == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "model.student" in line and "not plain tensor data" in line
@@ -96,7 +96,7 @@ def test_a_hostile_clip_checkpoint_is_refused_by_run_and_predict(tmp_path, capsy
     shards = tmp_path / "in"
     shards.mkdir()
     (shards / "a.tar").write_bytes(b"\0" * 1024)
-    assert main(["run", str(shards), str(tmp_path / "out"), *sets, "--dry-run"]) == 2
+    assert main(["run", str(shards), "--out", str(tmp_path / "out"), *sets, "--dry-run"]) == 2
     assert "model.pretrained" in _one_error_line(capsys.readouterr().err)
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)

@@ -39,7 +39,7 @@ def test_pipe_line_in_a_local_list_is_refused_before_ray(tmp_path, tiny_override
     listing.write_text(f"# written by another team\npipe:{command}\n")
     out = tmp_path / "out"
     sets = [a for s in tiny_overrides for a in ("--set", s)]
-    rc = main(["run", str(listing), str(out), *sets, "--no-progress", *(["--allow-pipe"] if allow else [])])
+    rc = main(["run", str(listing), "--out", str(out), *sets, "--no-progress", *(["--allow-pipe"] if allow else [])])
     assert rc == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "shards.txt" in line and "line 2" in line and "not accepted from list files" in line
@@ -53,7 +53,7 @@ def test_pipe_hidden_in_braces_of_a_list_line_is_not_run(tmp_path, tiny_override
     # brace expansion after the prefix must not turn a list line into a pipe: either
     listing.write_text(f"{{pipe:touch {marker} x.tar,b.tar}}://\n")
     sets = [a for s in tiny_overrides for a in ("--set", s)]
-    assert main(["run", str(listing), str(tmp_path / "out"), *sets, "--allow-pipe", "--dry-run"]) == 2
+    assert main(["run", str(listing), "--out", str(tmp_path / "out"), *sets, "--allow-pipe", "--dry-run"]) == 2
     assert "not accepted from list files" in _one_error_line(capsys.readouterr().err)
     assert not marker.exists()
 
@@ -63,10 +63,10 @@ def test_pipe_input_needs_allow_pipe_and_dry_run_prints_the_commands(tmp_path, t
     spec = f"pipe:touch {marker}; cat /dev/null # part-{{0..2}}.tar"
     sets = [a for s in tiny_overrides for a in ("--set", s)]
     out = tmp_path / "out"
-    assert main(["run", spec, str(out), *sets, "--dry-run"]) == 2
+    assert main(["run", spec, "--out", str(out), *sets, "--dry-run"]) == 2
     assert "pass --allow-pipe" in _one_error_line(capsys.readouterr().err)
 
-    assert main(["run", spec, str(out), *sets, "--dry-run", "--allow-pipe"]) == 0
+    assert main(["run", spec, "--out", str(out), *sets, "--dry-run", "--allow-pipe"]) == 0
     text = capsys.readouterr().out
     for i in range(3):  # each command exactly as the workers would run it
         assert f"    touch {marker}; cat /dev/null # part-{i}.tar\n" in text
@@ -82,7 +82,7 @@ def test_no_config_key_enables_pipe(tmp_path, tiny_overrides, capsys):
     assert "pipe" not in flat.lower()
     marker = tmp_path / "ran"
     sets = [a for s in tiny_overrides for a in ("--set", s)]
-    rc = main(["run", f"pipe:touch {marker} # a.tar", str(tmp_path / "out"), *sets, "--set", "io.allow_pipe=true",
+    rc = main(["run", f"pipe:touch {marker} # a.tar", "--out", str(tmp_path / "out"), *sets, "--set", "io.allow_pipe=true",
                "--dry-run"])
     assert rc == 2 and not marker.exists()
     capsys.readouterr()
@@ -120,7 +120,7 @@ def test_pipe_line_in_a_list_on_s3_is_refused(tmp_path, tiny_overrides):
         s3.put_object(Bucket="lists", Key="nightly/shards.txt", Body=f"a.tar\npipe:{command}\n".encode())
         sets = [a for s in tiny_overrides for a in ("--set", s)]
         proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "s3://lists/nightly/shards.txt",
-                               str(tmp_path / "out"), *sets, "--no-progress", "--allow-pipe"],
+                               "--out", str(tmp_path / "out"), *sets, "--no-progress", "--allow-pipe"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=100)
     finally:
         server.stop()
@@ -143,8 +143,8 @@ exit 3
     script.chmod(0o755)
     out = tmp_path / "out"
     sets = [a for s in [*tiny_overrides, "ray.cpu_actors=1", "ray.max_shard_retries=0"] for a in ("--set", s)]
-    rc = main(["run", f"pipe:{script} {corpus}/{NAMES[0]}.tar", str(out), *sets, "--allow-pipe", "--no-progress",
-               "--json"])
+    rc = main(["run", f"pipe:{script} {corpus}/{NAMES[0]}.tar", "--out", str(out), *sets, "--allow-pipe",
+               "--no-progress", "--json", "-"])
     captured = capsys.readouterr()
     assert rc == 1  # the shard failed
     summary = json.loads(captured.out)
