@@ -144,6 +144,12 @@ def test_usage_errors_are_one_line(capsys):
 
 
 def test_verbose_after_the_subcommand(shards, tmp_path, capsys):
+    from pipeline.cli import build_parser
+
+    parser = build_parser(only="run")
+    assert parser.parse_args(["run", "in", "--out", "o", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "run", "in", "--out", "o"]).verbose is True
+    assert parser.parse_args(["run", "in", "--out", "o"]).verbose is False
     assert main(["run", str(shards), "--out", str(tmp_path / "o"), "--dry-run", "-v", *CHEAP,
                  "--set", "vocabulary.file=voc21"]) == 0
 
