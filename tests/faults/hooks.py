@@ -1,11 +1,13 @@
-"""Engine factories that fail while a worker starts, for `run_pipeline(engine_factory=...)`.
-Importable by Ray workers (`tests.faults.hooks`); bind arguments with functools.partial."""
+"""Faults for runs on a real Ray: engine factories that fail while a worker starts
+(`run_pipeline(engine_factory=...)`, arguments bound with functools.partial) and fault factories
+(`fault_factory=...`). Importable by Ray workers as `tests.faults.hooks`."""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 def dies_while_loading(cfg: Any, marker: Optional[str] = None, times: int = 1) -> Any:
@@ -26,3 +28,32 @@ def dies_while_loading(cfg: Any, marker: Optional[str] = None, times: int = 1) -
 def _deaths(marker: str) -> int:
     path = Path(marker)
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def transport_error() -> BaseException:
+    """What aiohttp raises for an answer it refuses: it carries the headers as a multidict, which
+    pickle (and so Ray) cannot serialise."""
+    import aiohttp
+    from aiohttp.client_reqrep import RequestInfo
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    headers = CIMultiDictProxy(CIMultiDict({"x-amz-request-id": "fault"}))
+    url = URL("http://127.0.0.1/bucket/out/masks/x.tar")
+    return aiohttp.ClientResponseError(RequestInfo(url, "PUT", headers, url), (), status=400,
+                                       message="Bad Request", headers=headers)
+
+
+@dataclass(frozen=True)
+class RaiseTransportError:
+    """Fault factory for `run_pipeline(fault_factory=...)`: the worker labeling `shard` raises
+    `transport_error()` from its first progress report (inside the stage, as a failed upload would)."""
+
+    shard: str
+
+    def __call__(self) -> Callable[[Any], None]:
+        return self._on_progress
+
+    def _on_progress(self, p: Any) -> None:
+        if p.shard == self.shard:
+            raise transport_error()

@@ -11,7 +11,7 @@ from pipeline.run.lock import LOCK_NAME, RunLock, read_lock
 from tests.faultproxy import Rule
 from tests.faults.s3_support import run_cli, s3_exists, s3_output, s3_stats
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # S3 + Ray runs, 30-90 s each here
 
 
 def _out(s3_input) -> str:

@@ -12,7 +12,7 @@ from pipeline.run.runner import run_pipeline
 from tests.faults.hooks import dies_while_loading
 from tests.support import NAMES, PER_SHARD, assert_same_output, snapshot
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # Ray runs with worker restarts, 40-90 s each here
 
 
 def _deaths(marker) -> int:
@@ -30,7 +30,6 @@ def test_the_only_actor_dying_while_loading_is_restarted(reference, corpus, tiny
     assert_same_output(snapshot(reference[0], NAMES), snapshot(out, NAMES))
 
 
-@pytest.mark.slow  # two actors loading, one of them twice
 def test_one_of_two_actors_dying_while_loading_rejoins_and_the_run_completes(reference, corpus, tiny_cfg, tmp_path):
     out, marker = tmp_path / "out", tmp_path / "deaths"
     engine = functools.partial(dies_while_loading, marker=str(marker), times=1)
