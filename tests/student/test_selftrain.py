@@ -147,7 +147,7 @@ def test_selftrain_rounds_resume_and_eval_keys(fake, tmp_path, capsys):
     out, gt = fake
     dest = tmp_path / "st"
     args = ["selftrain", str(out.root), "--out", str(dest), "--no-progress",
-            *_sets([*TINY, "confidence.class_top_p=0.8"]), "--eval", str(out.input_dir), "--gt", str(gt)]
+            *_sets(TINY), "--eval", str(out.input_dir), "--gt", str(gt)]
     assert cli([*args, "--rounds", "2"]) == 0
     for k in (1, 2):
         r = dest / f"round-{k}"
@@ -167,6 +167,7 @@ def test_selftrain_rounds_resume_and_eval_keys(fake, tmp_path, capsys):
             (dest / "round-2" / "student.pt").stat().st_mtime_ns) == first
     assert (dest / "round-3" / "student.pt").exists()
     summary = json.loads((dest / "selftrain.json").read_text())
+    assert summary["recipe"]["confidence"]["class_top_p"] == 0.8  # selftrain's default selection
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert summary["rounds"][2]["miou"] == json.loads((dest / "eval.json").read_text())["miou"]
 
