@@ -21,9 +21,12 @@ from pipeline.run.status import format_snapshot, snapshot  # noqa: E402,F401 (re
 def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.cli import main as cli_main
 
+    console = argv is None  # run as the script: it may end the process as `pseudolabel progress` does
     argv = sys.argv[1:] if argv is None else list(argv)
     # The old flag `--json` took no value; `pseudolabel progress --json PATH` does ('-' = stdout).
-    return cli_main(["progress", *("--json=-" if a == "--json" else a for a in argv)])
+    # As the script, the process ends without the interpreter's teardown that aborted with rc 134
+    # now and then (pipeline.cli.FAST_EXIT).
+    return cli_main(["progress", *("--json=-" if a == "--json" else a for a in argv)], console=console)
 
 
 if __name__ == "__main__":

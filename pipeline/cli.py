@@ -121,8 +121,10 @@ def _command_module(module: str):
     return importlib.import_module(f"pipeline.commands.{module}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    console = argv is None  # the `pseudolabel` executable, not a caller in the same process
+def main(argv: Optional[list[str]] = None, *, console: Optional[bool] = None) -> int:
+    """`console`: this call is the whole process (default: when argv comes from sys.argv), so it
+    may end the process itself (FAST_EXIT, Ctrl-C); a caller in the same process gets a return."""
+    console = argv is None if console is None else console
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if a in COMMANDS), None)
     verbose = any(a in ("-v", "--verbose") for a in argv)

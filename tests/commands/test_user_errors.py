@@ -333,3 +333,18 @@ def test_json_dash_prints_json_on_stdout(fake_output, tmp_path, capsys):
     assert rc in (0, 1) and "passed" in json.dumps(doc)
     rc = main(["progress", str(fake_output.root), "--json", "-"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["done_shards"] == 2
+
+
+def test_read_only_commands_end_without_the_teardown_that_aborted(fake_output):
+    """`progress` read by Arrow sometimes aborted at interpreter exit (rc 134, "terminate called
+    without an active exception"): read-only commands end the process as soon as they are done,
+    output flushed, no teardown (atexit handlers do not run; the printed snapshot is complete)."""
+    probe = ("import atexit, sys; atexit.register(lambda: print('TEARDOWN', flush=True)); "
+             f"sys.argv = ['pseudolabel', 'progress', {str(fake_output.root)!r}]; "
+             "from pipeline.cli import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("shards done: 2") and "TEARDOWN" not in proc.stdout
+    script = subprocess.run([sys.executable, str(REPO / "jobs" / "progress.py"), str(fake_output.root), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and '"done_shards": 2' in script.stdout  # the old script's --json flag
