@@ -160,6 +160,10 @@ class LabelsConfig:
     # Label PNG pixels: "gray" (mode L / I;16) or "palette" (mode P with the vocabulary's colours,
     # up to 255 classes); the stored values are the class indices either way.
     png_mode: Literal["gray", "palette"] = "gray"
+    # Longest side of the stored label / confidence maps (0: the image's size); readers resize back
+    # to the image by nearest neighbour. Host time and bytes per photo, measured: docs/host_budget.md
+    max_side: int = 768
+    confidence_max_side: int = 384
 
 
 @dataclass
@@ -261,6 +265,8 @@ RANGES: dict[str, Range] = {
     "ray.shard_stall_timeout_s": Range(0, note="0 = off"),
     "ray.term_grace_s": Range(0, note="0 = stop at the first SIGTERM"),
     "labels.min_confidence": Range(0, 1),
+    "labels.max_side": Range(0, note="0 stores maps at the image's size"),
+    "labels.confidence_max_side": Range(0, note="0 stores confidence at the label size"),
     "batch_size": Range(1),
 }
 

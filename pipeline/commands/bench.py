@@ -24,8 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=4, help="--dispatch: fake workers (default 4)")
     parser.add_argument("--corpus", choices=["synthetic", "real"], default="synthetic",
                         help="real: photo-sized JPEGs and benchmark vocabularies (pipeline/bench_real.py)")
-    parser.add_argument("--megapixels", default="0.3,3,12",
-                        help="--corpus real: JPEG sizes in MP (default 0.3,3,12; the full range: 0.3,2,6,12,24)")
+    parser.add_argument("--host", action="store_true",
+                        help="the host's work per photo alone (instant engine, decoding excluded): core-ms and mask "
+                             "bytes per image, default settings beside full-size maps (pipeline/bench_host.py)")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="--host: also the share of label pixels equal to the full-size path (tiny golden CLIP)")
+    parser.add_argument("--megapixels", default=None,
+                        help="--corpus real: JPEG sizes in MP (default 0.3,3,12; the full range: 0.3,2,6,12,24); "
+                             "--host: photo sizes (default 0.3,2,12)")
     parser.add_argument("--vocabularies", default="voc21,ade20k,coco_stuff", help="--corpus real: conf/vocabularies")
     parser.add_argument("--repeats", type=int, default=2, help="--corpus real: images (and post repeats) per cell")
     parser.add_argument("--post-megapixels", default="0.15,0.8,3,24",
@@ -39,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
         from pipeline.run.dispatch_bench import main_dispatch
 
         return main_dispatch(args.shards, args.actors, args.json)
+    if args.host:
+        return _main_host(args)
     if args.corpus == "real":
         return _main_real(args)
     from pipeline.benchmark import bench_images, run_benchmark
@@ -67,7 +75,7 @@ def _main_real(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config or str(CONF_DIR / "bench" / "cpu_tiny.yaml"), args.overrides)
     try:
-        sizes = [float(v) for v in args.megapixels.split(",") if v]
+        sizes = [float(v) for v in (args.megapixels or "0.3,3,12").split(",") if v]
         post_sizes = [float(v) for v in args.post_megapixels.split(",") if v]
     except ValueError as exc:
         raise UserError(f"--megapixels and --post-megapixels are comma lists of numbers ({exc})") from exc
@@ -80,6 +88,24 @@ def _main_real(args: argparse.Namespace) -> int:
     if sizes:
         doc["real_corpus"] = real_corpus(cfg, sizes, args.vocabularies.split(","), repeats=max(1, args.repeats))
         print(format_real_corpus(doc["real_corpus"], machine))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+def _main_host(args: argparse.Namespace) -> int:
+    from pipeline.bench_host import format_host, host_bench, label_fidelity
+
+    try:
+        sizes = [float(v) for v in (args.megapixels or "0.3,2,12").split(",") if v]
+    except ValueError as exc:
+        raise UserError(f"--megapixels is a comma list of numbers ({exc})") from exc
+    if not sizes or any(mp <= 0 or mp > 100 for mp in sizes):
+        raise UserError("--megapixels: sizes between 0 and 100 MP")
+    doc = host_bench(sizes, repeats=max(3, args.repeats), images=max(2, min(args.images, 16)), overrides=args.overrides)
+    if args.fidelity:
+        doc["fidelity"] = label_fidelity(sizes, overrides=args.overrides)
+    print(format_host(doc))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0

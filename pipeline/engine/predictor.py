@@ -29,6 +29,7 @@ from pipeline.engine.timing import SectionTimer
 from pipeline.engine.windows import Crop, plan_crops
 from pipeline.errors import UserError
 from pipeline.io.layout import ErrorKind
+from pipeline.io.masks import stored_size
 from pipeline.io.records import SampleError
 from pipeline.vocabulary import Vocabulary, load_templates, load_vocabulary
 
@@ -134,12 +135,17 @@ class Segmenter:
         together (sliding windows are 224x224 whatever the image: any images batch together)."""
         return self.cfg.inference.slide_crop <= 0
 
+    # The stage may ask for outputs at the stored size (labels.max_side) through `max_side`.
+    labels_at_max_side = True
+
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = True,
-                out_sizes: Optional[Sequence[tuple[int, int]]] = None) -> list[Segmentation]:
+                out_sizes: Optional[Sequence[tuple[int, int]]] = None, max_side: int = 0) -> list[Segmentation]:
         """uint8 RGB arrays (H, W, 3) of any sizes -> one Segmentation each, at the input size, or
         at `out_sizes[i]` (H, W): the full size of an image decoded smaller (io.jpeg_draft), which
-        is then inferred at the size the full image would have been.
+        is then inferred at the size the full image would have been. With `max_side`, the outputs
+        are post-processed at that size's stored size (`io.masks.stored_size`: long side at most
+        `max_side`), still inferred at the full size's inference size.
         Post-processing runs in bands of output rows (`postprocess`): memory O(classes x band)."""
         sizes = [tuple(s) for s in out_sizes] if out_sizes is not None else [img.shape[:2] for img in images]
         if len(sizes) != len(images):
@@ -149,7 +155,7 @@ class Segmenter:
         logits = self.logits(prepared)
         outs = []
         with self.timer.section("postprocess"):
-            for size, x, lg in zip(sizes, prepared, logits):
+            for size, x, lg in zip([stored_size(*s, max_side) for s in sizes], prepared, logits):
                 # The final PAMR sees the prepared image upsampled to `size`, drafted or not.
                 band = self.post(lg, size, x if self.cfg.inference.pamr_steps > 0 else None, return_probs)
                 outs.append(Segmentation(pred=band.pred, confidence=band.confidence, probs=band.probs,

@@ -124,10 +124,18 @@ def image_members(rows: pd.DataFrame) -> dict[str, str]:
 def iter_masks(
     output: OutputDir, mask_shard: str, rows: pd.DataFrame
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """`(key, label, conf_uint8)` for the given ok rows of one mask shard, in tar order."""
+    """`(key, label, conf_uint8)` for the given ok rows of one mask shard, in tar order, at the
+    image's size (maps stored smaller, labels.max_side, are resized back: pipeline.io.masks)."""
+    from pipeline.io.masks import to_image_size
+
+    sizes = dict(zip(rows["key"], zip(rows["height"], rows["width"]))) if "height" in rows else {}
     members = iter_tar_members(output.url(mask_shard), mask_members(rows), output.storage_options)
     for key, parts in group_members(members, ("label", "conf")):
-        yield key, decode_label_png(parts["label"]), decode_conf_png(parts["conf"])
+        label, conf = decode_label_png(parts["label"]), decode_conf_png(parts["conf"])
+        size = sizes.get(key)
+        if size is not None and size[0] == size[0]:  # a size (not NaN) is recorded
+            label, conf = to_image_size(label, int(size[0]), int(size[1])), to_image_size(conf, int(size[0]), int(size[1]))
+        yield key, label, conf
 
 
 def resolve_source(source_shard: str, images_root: Optional[str]) -> str:

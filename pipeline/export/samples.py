@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.io.layout import manifest_path
+from pipeline.io.masks import image_size, to_image_size
 from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, decode_conf_png, decode_label_png, group_members, iter_tar_members,
 )
@@ -79,8 +80,13 @@ def split_of(key: str, val_share: float) -> str:
     return "val" if h < val_share else "train"
 
 
-def trainer_label(label: np.ndarray, conf: np.ndarray, info: DatasetInfo, min_confidence: float) -> np.ndarray:
-    """Our label (ignore = the dtype's max) -> uint8 with IGNORE_INDEX for ignored and unsure pixels."""
+def trainer_label(label: np.ndarray, conf: np.ndarray, info: DatasetInfo, min_confidence: float,
+                  size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Our label (ignore = the dtype's max) -> uint8 with IGNORE_INDEX for ignored and unsure pixels,
+    at the image's `size` (H, W) when given (maps stored smaller, labels.max_side, are resized back)."""
+    if size is not None:
+        label, conf = to_image_size(label, *size), to_image_size(conf, *size)
+    conf = to_image_size(conf, *label.shape)  # confidence stored coarser than the labels
     out = label.astype(np.int64)
     bad = out == info.ignore_index
     if min_confidence > 0:
@@ -190,7 +196,8 @@ def _iter_shard(shard: ShardSelection, info: DatasetInfo, min_confidence: float,
             if (shard_file, key) in newer:
                 skip("superseded: the file changed and was packed again; the newer version is exported", key)
                 continue
-            label = trainer_label(decode_label_png(parts["label"]), decode_conf_png(parts["conf"]), info, min_confidence)
+            label = trainer_label(decode_label_png(parts["label"]), decode_conf_png(parts["conf"]), info, min_confidence,
+                                  image_size(data))
             ext = name[len(key) + 1:]  # image members are named KEY.EXT (see image_members)
             yield ExportSample(key, data, ext, label, split_of(key, val_share), shard.source_url,
                                originals.get(key, ""), confidences.get(key, float("nan")))

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.errors import DeviceFatalError, ShardInferenceError, TransientReadError
 from pipeline.engine.protocol import FullSizeEngine, LabelEngine, check_engine, engine_device
 from pipeline.io.decode import DecodeLimits, configure_pillow, decode_formats, decode_image
-from pipeline.io.masks import encode_masks, label_format
+from pipeline.io.masks import encode_masks, label_format, stored_size
 from pipeline.io.reader import ReadReport, iter_samples
 from pipeline.io.layout import ErrorKind, ShardStatus, manifest_path, mask_shard_path
 from pipeline.io.records import DoneRecord, ManifestRow, SampleError, SampleResult, ShardResult
@@ -129,6 +129,9 @@ class ShardLabeler:
                                        thread_name_prefix="decode")
         # Encodings enter the pool only once their outputs are on the host (run/copy_waiter.py).
         self.copies = CopyWaiter(self.pool)
+        # An engine that labels at the stored size itself (the Segmenter: post-processing on its
+        # device at that size); others label at the image's size and the encoder shrinks the maps.
+        self._capped = self.fmt.max_side > 0 and bool(getattr(engine, "labels_at_max_side", False))
         # Largest batch that fitted in device memory, per inference shape (set by out-of-memory).
         self.batch_limits: dict[Any, int] = {}
         configure_pillow(cfg.io.max_image_pixels)
@@ -270,7 +273,7 @@ class ShardLabeler:
                     for out in self._predict(images[i : i + limit], sizes[i : i + limit])]
         outs, failure = self._call_engine(images, sizes)
         if failure is None:
-            return self._checked(outs, sizes)
+            return self._checked(outs, [self._label_size(s) for s in sizes])
         if failure is _OUT_OF_MEMORY:
             release_cached_memory()
             if len(images) == 1:
@@ -291,6 +294,10 @@ class ShardLabeler:
         traceback, so that nothing of the failed call outlives this function. A fatal device error
         raises DeviceFatalError: no row, the worker must go."""
         try:
+            if self._capped:  # the engine post-processes at the stored size itself (on its device)
+                outs = self.engine.predict(images, return_probs=False, out_sizes=sizes,  # type: ignore[call-arg]
+                                           max_side=self.fmt.max_side)
+                return outs, None
             if any(img.shape[:2] != size for img, size in zip(images, sizes)):  # drafted: a FullSizeEngine
                 return self.engine.predict(images, return_probs=False, out_sizes=sizes), None  # type: ignore[call-arg]
             # engines without `out_sizes` (the student, test doubles) are called as always
@@ -305,6 +312,11 @@ class ShardLabeler:
             if len(images) == 1:
                 log.warning("engine failed on an image (%s x %s): %s", *images[0].shape[:2], exc)
             return None, SampleError(INFERENCE, f"{type(exc).__name__}: {exc}")
+
+    def _label_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size the engine's output for an image of `size` has: the stored size
+        (labels.max_side) where the engine caps its outputs, else the image's own."""
+        return stored_size(*size, self.fmt.max_side) if self._capped else tuple(size)
 
     def _shape_key(self, size: tuple[int, int]) -> Any:
         """What device memory depends on: the inference size where the engine says it."""
@@ -323,9 +335,10 @@ class ShardLabeler:
         return checked
 
     def _encode(self, sample: SampleResult, out: Any) -> SampleResult:
+        # the row keeps the image's size (set when decoded); the maps may be stored smaller
         enc = encode_masks(np.asarray(out.pred), np.asarray(out.confidence), self.fmt,
-                           getattr(out, "ignored", None), getattr(out, "mean_confidence", None))
-        sample.height, sample.width = np.shape(out.pred)
+                           getattr(out, "ignored", None), getattr(out, "mean_confidence", None),
+                           image_size=(sample.height, sample.width))
         sample.label_png, sample.conf_png = enc.label_png, enc.conf_png
         sample.mean_confidence, sample.ignored_pixels = enc.mean_confidence, enc.ignored_pixels
         sample.classes, sample.class_pixels = enc.classes, enc.class_pixels

@@ -21,6 +21,7 @@ from pipeline.io.schema import manifest_schema
 from pipeline.io.shards import ShardSpec
 from pipeline.io.tarfiles import iter_members
 from pipeline.run.shard_identity import keys_digest
+from pipeline.io.masks import is_stored_size
 from pipeline.run.verify_report import Problem, ShardCheck, _DatasetInfo
 
 
@@ -210,7 +211,8 @@ def _check_png(
             if im.format != "PNG":
                 check.add("bad_mask", f"{member} is {im.format}, not PNG", key)
                 return
-            if im.size != (row["width"], row["height"]):
+            # maps may be stored smaller than the image (labels.max_side), aspect kept
+            if not is_stored_size((im.size[1], im.size[0]), row["height"], row["width"]):
                 check.add("wrong_size", f"{member} is {im.size[0]}x{im.size[1]}, row says "
                                         f"{row['width']}x{row['height']}", key)
             wanted = "L" if which == "conf" else info.label_mode

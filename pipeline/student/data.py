@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.evaluation.outputs import OutputDir, decode_image, decode_label_png, ok_rows
+from pipeline.io.masks import to_image_size
 from pipeline.io.tarfiles import iter_members
 from pipeline.student.config import DataRecipe
 from pipeline.training import PseudoLabelDataset, RandomResizedCropFlip, SampleFilter
@@ -114,8 +115,9 @@ class GroundTruthDataset(IterableDataset):
                 key, ext = _key(name), name.rsplit(".", 1)[-1].lower()
                 if ext not in ("jpg", "jpeg", "png", "webp") or key not in labels:
                     continue
-                label = decode_label_png(labels[key])
-                yield self.transform(decode_image(data), label, np.full(label.shape, 255, np.uint8), rng)
+                image = decode_image(data)
+                label = to_image_size(decode_label_png(labels[key]), *image.shape[:2])  # labels.max_side
+                yield self.transform(image, label, np.full(label.shape, 255, np.uint8), rng)
 
 
 def _key(name: str) -> str:

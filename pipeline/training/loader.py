@@ -22,6 +22,7 @@ from pipeline.evaluation.outputs import (
     OutputDir, decode_conf_png, decode_label_png, group_members, iter_tar_members,
 )
 from pipeline.io.decode import decode_rgb
+from pipeline.io.masks import to_image_size
 from pipeline.io.records import SampleError
 from pipeline.training.selection import SampleFilter, Selection, ShardSelection, select_shards
 from pipeline.training.transforms import PairedTransform
@@ -64,8 +65,9 @@ def iter_shard(selection: ShardSelection) -> Iterator[RawSample]:
                 continue
             try:
                 image = decode_rgb(data)  # the labeler's decoder: the pixels the labels were made from
-                label = decode_label_png(parts["label"])
-                conf = decode_conf_png(parts["conf"])
+                # maps stored smaller (labels.max_side) back at the image's size
+                label = to_image_size(decode_label_png(parts["label"]), *image.shape[:2])
+                conf = to_image_size(decode_conf_png(parts["conf"]), *image.shape[:2])
             except (OSError, ValueError, SampleError) as exc:
                 raise ValueError(f"{selection.shard}: sample {key!r} cannot be decoded ({name}): {exc}") from exc
             if image.shape[:2] != label.shape:

@@ -78,3 +78,31 @@ def test_palette_refuses_uint16_labels():
 
     with pytest.raises(ValueError, match="png_mode gray"):
         label_palette([(0, 0, 0)] * 300, 300)
+
+
+def test_maps_are_stored_capped_and_read_back_at_the_image_size():
+    from pipeline.io.masks import is_stored_size, resize_nearest, stored_size, to_image_size
+
+    rng = np.random.default_rng(0)
+    pred = np.repeat(np.repeat(rng.integers(0, 3, (6, 10)), 20, 0), 20, 1)  # (120, 200) regions
+    conf = np.full(pred.shape, 0.75, np.float32)
+    fmt = LabelFormat(num_classes=3, min_confidence=0.0, compression=1, max_side=50, confidence_max_side=25)
+    enc = encode_masks(pred, conf, fmt)
+    label, conf_png = decode_label_png(enc.label_png), np.asarray(Image.open(io.BytesIO(enc.conf_png)))
+    assert label.shape == stored_size(120, 200, 50) == (30, 50) and conf_png.shape == (15, 25)
+    assert sum(enc.class_pixels) == 120 * 200  # counts are the image's pixels, not the stored ones
+    np.testing.assert_array_equal(enc.class_pixels, np.bincount(pred.ravel(), minlength=3)[enc.classes])
+    back = to_image_size(label, 120, 200)
+    assert back.shape == (120, 200) and (back == pred).mean() == 1.0  # 4-pixel-aligned regions survive exactly
+    assert to_image_size(conf_png, 120, 200).shape == (120, 200) and is_stored_size((15, 25), 120, 200)
+    assert not is_stored_size((30, 30), 120, 200)  # another aspect: not this image's map
+    assert to_image_size(np.zeros((30, 30)), 120, 200).shape == (30, 30)  # left for the caller's size check
+    np.testing.assert_array_equal(resize_nearest(np.arange(4).reshape(2, 2), 4, 4),
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+def test_counts_scale_to_the_image_exactly():
+    from pipeline.io.masks import scale_counts
+
+    scaled = scale_counts(np.array([3, 1, 0, 2]), 1000)
+    assert scaled.sum() == 1000 and scaled[2] == 0 and scaled.tolist() == [500, 167, 0, 333]

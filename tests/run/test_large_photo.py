@@ -78,7 +78,8 @@ def test_24_megapixel_photo_with_171_classes_stays_under_4gb(tiny_overrides, tmp
     sets = [*tiny_overrides, f"vocabulary.file={REPO / 'conf' / 'vocabularies' / 'coco_stuff.txt'}",
             # the paper's (and the defaults') resize and sliding window, not the tiny fixture's shortcuts
             "inference.short_side=336", "inference.slide_crop=224", "inference.slide_stride=112",
-            "ray.cpu_actors=1", "batch_size=1"]
+            "ray.cpu_actors=1", "batch_size=1",
+            "labels.max_side=0", "labels.confidence_max_side=0"]  # post-processed and stored at the full size
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(inputs / "photos-000000.tar"), str(tmp_path / "out"),
            *[a for s in sets for a in ("--set", s)], "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env_without("RAY_ADDRESS"), stdout=subprocess.PIPE,

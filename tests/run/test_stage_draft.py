@@ -65,7 +65,8 @@ def segmenter(tiny_cfg):
 
 @pytest.mark.timeout(180)
 def test_drafted_shard_has_full_size_masks_close_to_the_exact_ones(segmenter, tiny_cfg, tmp_path):
-    cfgs = {mode: tiny_cfg(SHORT, "io.max_image_pixels=500000", f"io.jpeg_draft={mode}") for mode in ("false", "true")}
+    full = ("labels.max_side=0", "labels.confidence_max_side=0")  # maps at the image's size (tests/run/test_stored_size.py caps)
+    cfgs = {mode: tiny_cfg(SHORT, "io.max_image_pixels=500000", f"io.jpeg_draft={mode}", *full) for mode in ("false", "true")}
     exact, exact_rows, exact_masks, _ = label(segmenter, cfgs["false"], tmp_path, "exact")
     draft, rows, masks, labeler = label(segmenter, cfgs["true"], tmp_path, "draft")
     assert labeler.limits.draft_to is not None and exact.status == draft.status == DONE
