@@ -35,12 +35,13 @@ TEACHER = REPO / "models" / "toyclip" / "toyclip-v1.pt"
 TEACHER_CONFIG = REPO / "models" / "toyclip" / "labeling.yaml"
 SPLITS = {"train": (31, 400), "val": (32, 100), "test": (33, 200)}
 # Selection methods (student recipe overrides); the first is the `cpu` preset as it was.
+# Explicit in full: `selftrain` adds its own defaults (class_top_p=0.8) under these.
 METHODS = {
-    "global_0.5": [],
+    "global_0.5": ["confidence.class_top_p=0"],
     "class_top_p_0.8": ["confidence.class_top_p=0.8"],
     "class_top_p_0.8+consistency": ["confidence.class_top_p=0.8", "consistency.weight=1"],
-    "global_0.9": ["confidence.min_confidence=0.9"],
-    "none": ["confidence.min_confidence=0", "confidence.weight=false"],
+    "global_0.9": ["confidence.class_top_p=0", "confidence.min_confidence=0.9"],
+    "none": ["confidence.class_top_p=0", "confidence.min_confidence=0", "confidence.weight=false"],
 }
 # A short schedule: the shared 2-core machine of this session (8 engineers) allows no more.
 SCHEDULE = ["optim.steps=200", "optim.batch_size=8", "data.crop=96", "optim.warmup_steps=20", "checkpoint_every=25",
