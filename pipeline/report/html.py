@@ -98,7 +98,7 @@ def _summary(data: "ReportData") -> str:
         ("Output", data.output_dir),
         ("Shards", data.num_shards),
         ("Samples", f"{data.num_rows} ({data.num_ok} ok, {data.num_failures} failed)"),
-        ("Classes", data.info.num_classes),
+        ("Classes", f"{len(_present(data))} labelled, of {data.info.num_classes} in the vocabulary"),
         ("Ignored pixels", _pct(data.ignored_share, 2)),
         ("Model", f"{model.get('name', '?')} / {model.get('pretrained', '?')}"),
         ("Config fingerprint", raw.get("config_fingerprint", "?")),
