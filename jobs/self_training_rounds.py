@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--budget-min", type=float, default=0.0, help="start no new stage after this many minutes (0 = no limit)")
     p.add_argument("--no-ground-truth", action="store_true")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: print the table of the stages finished under --work")
     p.add_argument("--no-relabel-sweep", action="store_true", help="skip the teacher-weight sweep on validation")
     return p.parse_args(argv)
 
@@ -188,6 +190,11 @@ def main(argv=None) -> int:
 
     budget = Budget(args.budget_min)
     work = Path(args.work).resolve()
+    if args.table_only:
+        result = collect(work, [int(s) for s in args.seeds.split(",") if s])
+        print(format_table(result))
+        save(args, result)
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     schedule = args.schedule or SCHEDULE
     sets = prepare(work, args.actors)
@@ -236,6 +243,35 @@ def main(argv=None) -> int:
     print(format_table(result))
     save(args, result)
     return 0
+
+
+def collect(work: Path, seeds: list[int]) -> dict:
+    """The results of the finished stages under `work` (what --table-only prints)."""
+    from pipeline.evaluation import evaluate_output
+
+    result: dict = {"splits": {k: {"seed": s, "count": c} for k, (s, c) in SPLITS.items()}, "methods": {}, "rounds": {},
+                    "teacher": {split: evaluate_output(work / f"teacher-{split}", str(work / split / "labels")).miou
+                                for split in ("val", "test")}}
+    for name in METHODS:
+        rdir = work / f"{name}-seed0" / "round-1"
+        if (rdir / "eval.json").exists() and (rdir / "val.json").exists():
+            result["methods"][name] = {"val": json.loads((rdir / "val.json").read_text())["miou"], "test": test_miou(rdir)}
+            if (rdir / "relabel_sweep_val.json").exists():
+                result["methods"][name]["relabel_val"] = json.loads((rdir / "relabel_sweep_val.json").read_text())
+    main_methods = [m for m in ("global_0.5", "class_top_p_0.8") if m in result["methods"]]
+    chosen = max(main_methods, key=lambda m: result["methods"][m]["val"]) if main_methods else None
+    result["default"] = chosen
+    for seed in seeds:
+        k = 1
+        while chosen and (work / f"{chosen}-seed{seed}" / f"round-{k}" / "eval.json").exists():
+            rdir = work / f"{chosen}-seed{seed}" / f"round-{k}"
+            val = json.loads((rdir / "val.json").read_text())["miou"] if (rdir / "val.json").exists() else float("nan")
+            result["rounds"].setdefault(str(seed), {})[str(k)] = {"val": val, "test": test_miou(rdir)}
+            k += 1
+    gt = work / "ground_truth"
+    if (gt / "eval.json").exists():
+        result["ground_truth"] = {"test": test_miou(gt), "val": json.loads((gt / "val.json").read_text())["miou"]}
+    return result
 
 
 def save(args, result: dict) -> None:
