@@ -83,6 +83,25 @@ def resolve_out(args: argparse.Namespace, positional: str, command: str, require
     return dest
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config PRESET` for a student recipe (`--preset`, the old spelling, still parsed)."""
+    parser.add_argument("--config", dest="preset", metavar="PRESET", default=None,
+                        help="recipe preset: cpu (small net, minutes on 2 cores, the default) or gpu")
+    parser.add_argument("--preset", dest="old_preset", default=None, help=argparse.SUPPRESS)
+
+
+def resolve_recipe(args: argparse.Namespace, command: str, default: str = "cpu") -> str:
+    """The recipe preset of `add_recipe_arguments`, with a deprecation line for `--preset`."""
+    from pipeline.errors import UserError
+
+    if args.old_preset is not None:
+        deprecated(command, f"--preset {args.old_preset}", f"--config {args.old_preset}")
+        if args.preset is not None and args.preset != args.old_preset:
+            raise UserError(f"two presets: --config {args.preset} and --preset {args.old_preset}; give only --config")
+        return args.old_preset
+    return args.preset or default
+
+
 def _add_global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # In subcommands the default is SUPPRESS so that `pseudolabel -v run ...` is not reset to False
     # by the subcommand's own default: `-v` works before and after the subcommand.

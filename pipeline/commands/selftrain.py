@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="output directory of `pseudolabel run`: the teacher's labels")
     parser.add_argument("--out", required=True, metavar="DIR", help="where round-K/ folders and eval.json go")
     parser.add_argument("--rounds", type=_positive, default=3, metavar="K", help="training rounds (default 3)")
-    parser.add_argument("--preset", default="cpu", help="student recipe preset: cpu (small net) or gpu")
+    from pipeline.cli import add_recipe_arguments
+
+    add_recipe_arguments(parser)  # --config PRESET (--preset still parsed, with a deprecation line)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one student recipe key, e.g. optim.steps=600, consistency.weight=1 "
                              f"(selftrain's defaults on top of the preset: {' '.join(DEFAULTS)})")
@@ -64,6 +66,9 @@ def main(args: argparse.Namespace) -> int:
 
     if bool(args.eval_images) != bool(args.gt):
         raise UserError("--eval IMAGES and --gt GT go together")
+    from pipeline.cli import resolve_recipe
+
+    args.preset = resolve_recipe(args, "selftrain")
     cfg = load_student_config(args.preset, [*DEFAULTS, *args.overrides])
     teacher = select_shards(OutputDir(str(args.output)), SampleFilter(min_mean_confidence=cfg.data.min_mean_confidence),
                             images_root=args.images_root)
@@ -91,7 +96,7 @@ def _round(k: int, args: argparse.Namespace, cfg, teacher, relabel, out: Path) -
     t0 = time.monotonic()
     if (rdir / CARD_FILE).exists() and (rdir / STUDENT_FILE).exists():
         if json.loads((rdir / CARD_FILE).read_text()).get("recipe") != cfg.to_dict():
-            raise UserError(f"{rdir} was trained with another recipe; re-run with the same --preset/--set values, "
+            raise UserError(f"{rdir} was trained with another recipe; re-run with the same --config/--set values, "
                             "or use a new --out")
         print(f"round {k}/{args.rounds}: done before ({rdir / STUDENT_FILE}), skipped")
     else:

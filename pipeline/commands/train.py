@@ -20,9 +20,9 @@ INTERRUPTED_HINT = "re-run the same command with --resume to continue from the l
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="output directory of `pseudolabel run` (path or URL)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where student.pt, card.json and checkpoints go")
-    parser.add_argument("--config", dest="preset", metavar="PRESET", default=None,
-                        help="recipe preset: cpu (small net, minutes on 2 cores, the default) or gpu")
-    parser.add_argument("--preset", dest="old_preset", default=None, help=argparse.SUPPRESS)  # old spelling
+    from pipeline.cli import add_recipe_arguments
+
+    add_recipe_arguments(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one recipe key, e.g. optim.steps=2000, confidence.min_confidence=0.6")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt after a crash")
@@ -41,14 +41,9 @@ def main(args: argparse.Namespace) -> int:
 
     if bool(args.eval_images) != bool(args.gt):
         raise UserError("--eval IMAGES and --gt GT go together")
-    if args.old_preset is not None:
-        from pipeline.cli import deprecated
+    from pipeline.cli import resolve_recipe
 
-        deprecated("train", f"--preset {args.old_preset}", f"--config {args.old_preset}")
-        if args.preset is not None and args.preset != args.old_preset:
-            raise UserError(f"two presets: --config {args.preset} and --preset {args.old_preset}; give only --config")
-        args.preset = args.old_preset
-    args.preset = args.preset or "cpu"
+    args.preset = resolve_recipe(args, "train")
     cfg = load_student_config(args.preset, args.overrides)
     dataset = pseudo_label_dataset(args.output, cfg.data, cfg.seed, images_root=args.images_root)
     info = dataset.selection.info
