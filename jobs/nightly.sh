@@ -44,8 +44,9 @@ extra=(${EXTRA_ARGS:-})
 
 echo "nightly $stamp: labeling new shards of $INPUT into $OUTPUT (log: $log)"
 set +e
-# Completed shards (those with OUTPUT/_done/NAME.json) are skipped by `run`: only new shards are
-# labeled. The run takes the OUTPUT lock for its whole lifetime.
+# Completed shards (those with an OUTPUT/_done/NAME.json that checks: input unchanged, files as
+# recorded) are skipped by `run`: only new, changed and damaged shards are labeled. The run takes
+# the OUTPUT lock for its whole lifetime.
 "$PSEUDOLABEL" run "$INPUT" "$OUTPUT" "${config_args[@]}" "${pipe_args[@]}" "${extra[@]}" >>"$log" 2>&1
 rc=$?
 set -e
@@ -70,7 +71,8 @@ rc=$?
 set -e
 tail -n 8 "$log"
 if [[ $rc -ne 0 ]]; then
-    echo "nightly $stamp: verify found problems (status $rc); report: $LOG_DIR/verify-$stamp.json" >&2
+    echo "nightly $stamp: verify found problems (status $rc); report: $LOG_DIR/verify-$stamp.json;" \
+         "\`pseudolabel run INPUT OUTPUT --repair\` (same config) relabels the damaged shards" >&2
     exit 1
 fi
 echo "nightly $stamp: done and verified"

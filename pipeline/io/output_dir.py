@@ -139,8 +139,8 @@ class OutputDir:
         try:
             return DoneRecord.from_json(blob)
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.url(rel)} is not a valid completion record ({exc}); delete it to "
-                            "relabel that shard") from exc
+            raise UserError(f"{self.url(rel)} is not a valid completion record ({exc}); `pseudolabel run` "
+                            "relabels that shard (run/shard_check.py)") from exc
 
     def done_records(self, names: Iterable[str]) -> dict[str, DoneRecord]:
         """Completion records of the given shards that are complete (one listing, parallel reads)."""
