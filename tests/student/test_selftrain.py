@@ -97,6 +97,9 @@ def test_mix_with_teacher_and_flip_tta(fake, tmp_path):
     plain = tta_probs(Engine(), image, flip=False)
     both = tta_probs(Engine(), image, flip=True)
     assert torch.allclose(both, (plain + plain.flip(-1)) / 2, atol=1e-6)  # the mirror's view, mirrored back
+    Engine.short_side = 4  # multi-scale: each view at its own size, brought back to the image's
+    multi = tta_probs(Engine(), image, flip=True, scales=(1.0, 2.0))
+    assert multi.shape == (1, 2, 4, 6) and torch.allclose(multi.sum(1), torch.ones(1, 4, 6), atol=1e-5)
 
 
 def test_consistency_teaches_ignored_pixels_and_resumes_exactly(fake, tmp_path):
@@ -183,9 +186,10 @@ def test_selftrain_user_errors(fake, tmp_path, capsys):
     out, gt = fake
     assert cli(["selftrain", str(out.root), "--out", str(tmp_path / "x"), "--eval", str(out.input_dir)]) == 2
     assert "--gt" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        cli(["selftrain", str(out.root), "--out", str(tmp_path / "x"), "--teacher-weight", "2"])
-    assert exc.value.code == 2
+    for bad in (["--teacher-weight", "2"], ["--tta-scales", "1,x"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            cli(["selftrain", str(out.root), "--out", str(tmp_path / "x"), *bad])
+        assert exc.value.code == 2
 
 
 def _one_step(device: str) -> float:
