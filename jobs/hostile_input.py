@@ -2,6 +2,12 @@
 memory of labeling a long thin strip with and without the long-side cap.
 
     python jobs/hostile_input.py [--repeats 3] [--model PT --vocab TXT] [--uncapped]
+    python jobs/hostile_input.py --bounds [--repeats 3] [--pythonpath OLD_TREE]
+
+`--bounds` (docs/security.md, threat 7): time and peak RSS of reading ten samples whose keys are
+20 MiB PAX headers, and a 23 KB bzip2 tar holding a 1 GiB member, each in a fresh process; with
+`--pythonpath` the children import `pipeline` from another tree (e.g. `git archive` of an older
+commit) for a before/after comparison.
 
 Each strip is labeled in its own process (peak RSS = ru_maxrss of that child), with the preset
 resize (short side 336, long side 2048, sliding 224/112) on the model given (default: the tiny
@@ -98,13 +104,52 @@ def strip_memory(model: str, vocab: str, uncapped: bool) -> None:
             print(f"| {w}x{h} | {long_side} | {what} | {peak} MB | {loaded} MB | {secs} |")
 
 
+BOUNDS_CHILD = r"""
+import resource, sys, time
+from pipeline.io.reader import ReadReport, iter_samples
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+report = ReadReport()
+rows = sum(1 for _ in iter_samples(sys.argv[1], ["png"], report))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(f"{time.perf_counter() - t0:.3f} {(peak - start) / 1024:.0f} {rows} {'stopped' if report.failure else 'read-through'}")
+"""
+
+
+def bound_figures(repeats: int, pythonpath: str | None) -> None:
+    import os
+    import statistics
+
+    sys.path.insert(0, str(REPO / "tests" / "security"))
+    from hostile_tars import bomb, huge_pax_keys
+
+    env = {**os.environ, "PYTHONPATH": pythonpath or str(REPO)}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"10 keys of 20 MiB (PAX)": huge_pax_keys(Path(tmp) / "pax.tar"),
+                 "bzip2 tar, 1 GiB member": bomb(Path(tmp) / "bomb.tar.bz2")}
+        print(f"\n| hostile shard | file bytes | seconds (median of {repeats}) | peak RSS growth | rows | outcome |")
+        print("|---|---|---|---|---|---|")
+        for label, path in files.items():
+            # cwd: `-c` puts the working folder first on sys.path, before PYTHONPATH
+            runs = [subprocess.run([sys.executable, "-c", BOUNDS_CHILD, str(path)], capture_output=True, text=True,
+                                   env=env, cwd=tmp, check=True).stdout.split() for _ in range(repeats)]
+            secs = statistics.median(float(r[0]) for r in runs)
+            grow = statistics.median(int(r[1]) for r in runs)
+            print(f"| {label} | {path.stat().st_size} | {secs:.2f} | {grow} MiB | {runs[0][2]} | {runs[0][3]} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=str(GOLDEN / "tiny_clip_openai.pt"))
     ap.add_argument("--vocab", default=str(GOLDEN / "vocab_b.txt"))
     ap.add_argument("--uncapped", action="store_true", help="also run long_side=0 (can need many GB)")
+    ap.add_argument("--bounds", action="store_true", help="only the tar bounds figures (threat 7)")
+    ap.add_argument("--pythonpath", help="with --bounds: import pipeline from this tree instead")
     args = ap.parse_args()
+    if args.bounds:
+        bound_figures(args.repeats, args.pythonpath)
+        return
     skip_times(args.repeats)
     strip_memory(args.model, args.vocab, args.uncapped)
 
