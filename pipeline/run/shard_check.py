@@ -156,7 +156,7 @@ def input_change(record: dict[str, Any], now: Optional[Identity]) -> Optional[st
     if now is None:
         return None
     size, etag = record.get("input_size"), record.get("input_etag")
-    if size is not None and now[0] is not None and int(size) != now[0]:
+    if size is not None and now[0] is not None and not (isinstance(size, int) and size == now[0]):
         return f"input shard is {now[0]} bytes, {size} when it was labeled"
     if etag and now[1] and str(etag) != now[1]:
         return f"input shard ETag/mtime is {now[1]}, {etag} when it was labeled"
@@ -187,8 +187,8 @@ def record_problem(name: str, record: dict[str, Any], listing: OutputListing) ->
                 return f"missing_{kind}", f"{'manifest' if kind == 'manifest' else 'mask tar'} does not exist"
             continue
         size = present[name]
-        if want is not None and size is not None and int(want) != size:
-            return f"{kind}_size", f"{size} bytes, {want} when it was written"
+        if want is not None and size is not None and not (isinstance(want, int) and want == size):
+            return f"{kind}_size", f"{size} bytes, {want!r} when it was written"
     return None
 
 

@@ -123,6 +123,8 @@ def test_record_checks_against_a_listing_and_older_records():
     assert record_problem("a", _record("x"), listing)[0] == "record_mismatch"
     assert record_problem("a", _record("a", status="crashed"), listing)[0] == "record_mismatch"
     assert record_problem("a", _record("a", members=2), listing)[0] == "record_mismatch"  # 2 members, 3 samples
+    assert record_problem("a", _record("a", manifest_bytes="100"), listing)[0] == "manifest_size"  # edited: text
+    assert record_problem("a", _record("a", samples="x"), listing)[0] == "record_mismatch"
     # A record from before the sizes: presence only. Without ok rows a mask tar is not required.
     assert record_problem("a", _record("a"), listing) is None
     assert record_problem("b", _record("b"), listing)[0] == "missing_masks"
