@@ -136,3 +136,18 @@ def test_train_resume_refuses_a_hostile_checkpoint(tmp_path, capsys):
     line = _one_error_line(capsys.readouterr().err)
     assert "checkpoint" in line and "not plain tensor data" in line
     assert not marker.exists()
+
+
+def test_a_student_file_of_an_older_version_still_passes_the_preflight(tmp_path):
+    """Student cards written before this change hold torch.__version__ (a TorchVersion, a str):
+    allowed by the loader and by run's preflight alike; nothing else is."""
+    from pipeline.config import load_config
+    from pipeline.run.preflight import check_checkpoints
+    from pipeline.student.checkpoint import load_student_file
+
+    path = tmp_path / "student.pt"
+    torch.save({"format": "pseudolabel-student-v1", "state_dict": {"w": torch.ones(2)},
+                "card": {"machine": {"torch": torch.__version__}}}, path)
+    assert type(torch.load(path, weights_only=False)["card"]["machine"]["torch"]).__name__ == "TorchVersion"
+    check_checkpoints(load_config(overrides=[f"model.student={path}"]))
+    assert load_student_file(path)["card"]["machine"]["torch"] == torch.__version__
