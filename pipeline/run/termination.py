@@ -8,10 +8,11 @@ look at `overdue()` at least every second and raise `Terminated`. The handler it
 flags: an exception raised from it inside Ray's Cython calls (`ray.wait`) comes out as a
 SystemError, not as itself.
 
-`ray.init` installs its own SIGTERM handlers in the driver (`sys.exit`, and for a local Ray a
-handler that kills Ray's processes under the still-running driver, which then aborts in Ray's C++
-core with a stack dump and exit 134). So the handler is installed again once Ray is up (`install`),
-and the previous one is put back when the run ends.
+`ray.init` installs Python SIGTERM handlers in the driver (`sys.exit`; for a local Ray one that
+kills Ray's processes), and then Ray's C++ core worker installs absl's failure-signal handler for
+SIGTERM, which prints `*** SIGTERM received ... ***` and a stack and aborts: exit 134 (docs/faults.md).
+So the handler is installed again once Ray is up (`install`), and the previous one is put back
+when the run ends.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def s3_fs(endpoint: str) -> Any:
 def storage_options(endpoint: str, client_attempts: int = 0) -> str:
     """`io.storage_options` for --set; `client_attempts` > 0 caps botocore's own quick retries, so
     that a test's few injected failures reach our retries instead of being absorbed below."""
-    retries = f", config_kwargs: {{retries: {{max_attempts: {client_attempts}}}}}" if client_attempts else ""
+    retries = f", config_kwargs: {{retries: {{total_max_attempts: {client_attempts}}}}}" if client_attempts else ""
     return f"io.storage_options={{endpoint_url: '{endpoint}', {CREDENTIALS}{retries}}}"
 
 
