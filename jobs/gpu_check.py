@@ -1,7 +1,8 @@
 """The steps of jobs/gpu_check.sh that are Python: each writes one JSON file into --out.
 
     python jobs/gpu_check.py STEP --out DIR [--dry-run]
-    STEP: env | bench | probe | codecs | idle | summary
+    STEP: env | throughput | compile | probe | codecs | idle | summary
+    (jobs/gpu_check.sh throughput: env, throughput; jobs/gpu_check.sh profile: the others)
 
 --dry-run runs the same code on the CPU with the golden tiny CLIP and a few small images, so the
 whole check is known to work before a GPU window opens. `env --host-image` hides every installed
@@ -129,30 +130,62 @@ def _cusparse_version() -> str | None:
     return None
 
 
-# -- bench ----------------------------------------------------------------------------------------
+# -- throughput (first command) ------------------------------------------------------------------
 
-def step_bench(args: argparse.Namespace) -> None:
-    """The paper's settings: sliding and whole image with the full benchmark (authors' structure,
-    engine per batch size, end to end) in the predicted precision; other precisions engine-only."""
+def step_throughput(args: argparse.Namespace) -> None:
+    """The paper's setting (sliding 224/112, short side 336) in bf16 and float32: engine images/s
+    per batch size and end to end through the shard stage, no single-image passes (the CPU bench
+    has that ratio) and no section profile (the second command has it); then whole-image bf16
+    engine-only, and the pixel agreement of bf16 with float32 on the benchmark's images. Written
+    after every row, so a row cut by the limit leaves the ones before it."""
     from pipeline.benchmark import run_benchmark
 
     dry = args.dry_run
-    n, batches = (2, [2]) if dry else (128, [8, 32, 64])
+    n, batches = (2, [2]) if dry else (128, [32, 64])
     images = _images(dry, n)
-    runs = []
-    for mode, sets in (("slide", []), ("whole", ["inference.slide_crop=0"])):
-        cfg = _config(dry, ["precision=bfloat16", *sets])
+    doc: dict[str, Any] = {"rows": []}
+    for precision in ("bfloat16", "float32"):
+        cfg = _config(dry, [f"precision={precision}"])
         t0 = time.perf_counter()
-        res = run_benchmark(cfg, images, batches).to_json()
-        runs.append({"mode": mode, "precision": "bfloat16", "seconds": time.perf_counter() - t0, **res})
-        print(f"{mode} bfloat16: engine {res['engine_images_per_s']:.1f} images/s, end to end "
+        res = run_benchmark(cfg, images, batches, single=False, profile=False).to_json()
+        doc["rows"].append({"mode": "slide", "precision": precision, "seconds": time.perf_counter() - t0, **res})
+        print(f"slide {precision}: engine {res['engine_images_per_s']:.1f} images/s, end to end "
               f"{res['end_to_end_images_per_s']:.1f}, MFU {res['mfu']}")
-    for precision in ("float32",) + (() if dry else ("float16",)):
-        runs.append(_engine_only(_config(dry, [f"precision={precision}"]), images, batches[-1:], precision))
-    _write(args.out, "bench.json", runs)  # kept if the compile rows below run out of time
+        _write(args.out, "throughput.json", doc)
+    doc["agreement_bf16_vs_float32"] = _agreement(dry, images[: 2 if dry else 16])
+    _write(args.out, "throughput.json", doc)
+    doc["rows"].append(_engine_only(_config(dry, ["precision=bfloat16", "inference.slide_crop=0"]), images,
+                                    batches[-1:], "bfloat16", "whole"))
+    _write(args.out, "throughput.json", doc)
+
+
+def _agreement(dry: bool, images: list) -> dict[str, Any]:
+    """Share of label pixels bf16 gives as float32 (TF32 off) does, per image, at the paper's setting."""
+    import numpy as np
+
+    from pipeline.engine import Segmenter
+
+    preds = {}
+    for precision in ("float32", "bfloat16"):
+        seg = Segmenter.from_config(_config(dry, [f"precision={precision}", "inference.tf32=false"]))
+        preds[precision] = [np.asarray(o.pred) for o in seg.predict(images, return_probs=False)]
+        del seg
+    shares = [float((a == b).mean()) for a, b in zip(preds["float32"], preds["bfloat16"])]
+    print(f"bf16 vs float32 pixel agreement: min {min(shares):.4f}, mean {float(np.mean(shares)):.4f}")
+    return {"images": len(shares), "min": min(shares), "mean": float(np.mean(shares))}
+
+
+# -- compile (second command) ---------------------------------------------------------------------
+
+def step_compile(args: argparse.Namespace) -> None:
+    """bf16 engine-only with and without `inference.compile_trunk`: does the compiled trunk pay, at
+    what one-off compile time. Written after each row."""
+    dry = args.dry_run
+    images = _images(dry, 2 if dry else 64)
+    rows: list[dict[str, Any]] = []
     for flag in (False, True):
-        runs.append(_compile_trunk_run(dry, images[: 2 if dry else 64], 2 if dry else 32, flag))
-        _write(args.out, "bench.json", runs)
+        rows.append(_compile_trunk_run(dry, images, 2 if dry else 32, flag))
+        _write(args.out, "compile.json", rows)
 
 
 def _compile_trunk_run(dry: bool, images: list, bs: int, flag: bool) -> dict[str, Any]:
@@ -180,7 +213,7 @@ def _compile_trunk_run(dry: bool, images: list, bs: int, flag: bool) -> dict[str
     return row
 
 
-def _engine_only(cfg: Any, images: list, batches: list[int], precision: str) -> dict[str, Any]:
+def _engine_only(cfg: Any, images: list, batches: list[int], precision: str, mode: str = "slide") -> dict[str, Any]:
     from pipeline.engine import Segmenter
 
     seg = Segmenter.from_config(cfg)
@@ -194,8 +227,8 @@ def _engine_only(cfg: Any, images: list, batches: list[int], precision: str) -> 
             seg.predict(images[i : i + bs], return_probs=False)
         _sync(seg.device)
         rates[str(bs)] = len(images) / (time.perf_counter() - t0)
-    print(f"slide {precision}: engine {rates} images/s")
-    return {"mode": "slide", "precision": precision, "engine_by_batch": rates}
+    print(f"{mode} {precision}: engine {rates} images/s")
+    return {"mode": mode, "precision": precision, "engine_by_batch": rates}
 
 
 def _sync(device: Any) -> None:
@@ -303,14 +336,35 @@ def step_summary(args: argparse.Namespace) -> None:
         steps.append({"step": name, "status": status, "seconds": float(seconds), "limit_s": int(limit),
                       "rc": int(rc)})
     (args.out / "steps.tsv").unlink()
-    doc = {"dry_run": args.dry_run, "ok": all(s["status"] == "ok" for s in steps),
+    doc = {"mode": args.mode, "dry_run": args.dry_run, "ok": all(s["status"] == "ok" for s in steps),
            "seconds": round(sum(s["seconds"] for s in steps), 1), "steps": steps,
-           "files": sorted(p.name for p in args.out.iterdir()) + ["summary.json"]}
+           "files": sorted(p.name for p in args.out.iterdir()) + ["summary.json"],
+           "results": _headline(args.out)}
     _write(args.out, "summary.json", doc)
 
 
-STEPS = {"env": step_env, "bench": step_bench, "probe": step_probe, "codecs": step_codecs, "idle": step_idle,
-         "summary": step_summary}
+def _headline(out: Path) -> dict[str, Any]:
+    """The answers each command exists for, lifted from its files (absent when a step did not write)."""
+    found: dict[str, Any] = {}
+    if (out / "throughput.json").is_file():
+        doc = json.loads((out / "throughput.json").read_text())
+        for row in doc.get("rows", []):
+            key = f"{row['mode']}_{row['precision']}"
+            found[f"{key}_engine_images_per_s"] = max(row.get("engine_by_batch", {}).values(), default=None)
+            if row.get("end_to_end_images_per_s"):
+                found[f"{key}_end_to_end_images_per_s"] = row["end_to_end_images_per_s"]
+        found["agreement_bf16_vs_float32"] = doc.get("agreement_bf16_vs_float32")
+    if (out / "idle.json").is_file():
+        idle = json.loads((out / "idle.json").read_text())
+        found["idle_share"], found["idle_source"] = idle.get("idle_share"), idle.get("idle_source")
+    if (out / "compile.json").is_file():
+        found["compile_trunk"] = [{k: r.get(k) for k in ("compile_trunk", "first_call_s", "engine_by_batch", "error")}
+                                  for r in json.loads((out / "compile.json").read_text())]
+    return found
+
+
+STEPS = {"env": step_env, "throughput": step_throughput, "compile": step_compile, "probe": step_probe,
+         "codecs": step_codecs, "idle": step_idle, "summary": step_summary}
 
 
 def main() -> None:
@@ -320,6 +374,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--host-image", action="store_true", help="env: hide what the GPU host lacks")
     parser.add_argument("--carried", help="env: folder of the installed carried wheels")
+    parser.add_argument("--mode", default="", help="summary: which command (throughput or profile)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     STEPS[args.step](args)
