@@ -30,10 +30,10 @@ class _TimedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True) -> Any:
+    def predict(self, images: Sequence[np.ndarray], return_probs: bool = True, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        try:
-            return self._engine.predict(images, return_probs=return_probs)
+        try:  # kwargs: out_sizes, max_side (the stage's stored size), as the engine takes them
+            return self._engine.predict(images, return_probs=return_probs, **kwargs)
         finally:
             self.busy += time.perf_counter() - t0
             self.calls += 1

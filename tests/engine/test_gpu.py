@@ -155,3 +155,50 @@ def test_deferred_host_copy_waits_only_when_read():
     np.testing.assert_array_equal(np.asarray(got.confidence), quantise(conf).cpu().numpy())
     np.testing.assert_array_equal(np.asarray(got.ignored), (conf < 0.4).cpu().numpy())
     assert float(got.mean_confidence) == float(conf.sum(dtype=torch.float64)) / (481 * 641)
+
+
+def test_stage_on_the_device_waits_in_the_copy_waiter(tmp_path, images):
+    """The shard stage on CUDA: outputs arrive as pending copies, each waited for in the one
+    copy-waiter thread (blocking events), never in the decode/encode pool; maps are post-processed
+    at the stored size (labels.max_side) on the device; every image labeled."""
+    if DEVICE != "cuda":
+        pytest.skip("the pending copies are the CUDA path; tests/run/test_stage_device.py checks the logic on CPU")
+    import io as _io
+    import threading
+
+    from PIL import Image
+
+    from pipeline.engine import host_copy
+    from pipeline.io.output_dir import OutputDir
+    from pipeline.io.shards import ShardSpec
+    from pipeline.io.tarfiles import iter_members, write_tar
+    from pipeline.run.stage import ShardLabeler
+
+    waited_in = []
+    real_wait = host_copy.PendingCopy.wait
+
+    def recording_wait(self):
+        waited_in.append(threading.current_thread().name)
+        return real_wait(self)
+
+    host_copy.PendingCopy.wait = recording_wait
+    try:
+        cfg = golden_config([f"device={DEVICE}", EXACT, "labels.max_side=256", "batch_size=2", "io.decode_threads=2"])
+        seg = Segmenter.from_config(cfg)
+        buf = _io.BytesIO()
+        Image.fromarray(images["astronaut"]).save(buf, format="PNG")
+        write_tar(tmp_path / "s.tar", [(f"k{i}.png", buf.getvalue()) for i in range(4)])
+        labeler = ShardLabeler(seg, cfg, OutputDir(str(tmp_path / "out")), "gpu-test")
+        try:
+            result = labeler.label(ShardSpec(name="s", url=str(tmp_path / "s.tar")))
+        finally:
+            labeler.close()
+    finally:
+        host_copy.PendingCopy.wait = real_wait
+    assert result.ok == 4 and set(waited_in) == {"copy-waiter"}
+    from pipeline.io.masks import stored_size
+
+    h, w = stored_size(*images["astronaut"].shape[:2], 256)
+    sizes = {Image.open(_io.BytesIO(b)).size for n, b in iter_members(tmp_path / "out" / "masks" / "s.tar")
+             if n.endswith(".label.png")}
+    assert sizes == {(w, h)}
