@@ -7,6 +7,7 @@ cases run `pseudolabel run` against moto's S3 server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -121,12 +122,12 @@ def test_lock_held_error_redacts_a_record_written_before_redaction(tmp_path):
 
 # -- end to end, through the CLI, against moto S3 -----------------------------------------------
 def _run(args: list[str], capfd) -> tuple[int, str, str]:
-    """`pseudolabel run` in this process (on the suite's Ray: its workers' lines reach our stdout
-    and stderr too); returns (exit status, stdout, stderr)."""
+    """`pseudolabel run` in this process, on the suite's Ray (whose workers log to files: see
+    `_ray_worker_logs`; the driver's log lines are in `caplog`); returns (exit status, stdout, stderr)."""
     capfd.readouterr()
     code = main(["run", *args, "--no-progress", "--max-failure-rate", "0.9", "--set", "ray.cpu_actors=1",
                  "--set", "ray.num_actors=1", "--set", "ray.max_shard_retries=0"])
-    time.sleep(1.0)  # Ray forwards the workers' last lines asynchronously
+    time.sleep(1.0)  # the workers' last lines reach their log files asynchronously
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -146,7 +147,7 @@ def _assert_nowhere(secrets: list[str], folder: Path, *texts: str) -> None:
 
 
 def test_run_with_storage_option_secret_writes_it_nowhere(ray_local, s3_server, s3_bucket, tmp_path, tiny_overrides,
-                                                          capfd):
+                                                          capfd, caplog):
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=s3_server)
@@ -157,18 +158,19 @@ def test_run_with_storage_option_secret_writes_it_nowhere(ray_local, s3_server, 
     out = tmp_path / "out"
     options = f"{{endpoint_url: '{s3_server}', key: {S3_ENV['AWS_ACCESS_KEY_ID']}, secret: {secret}}}"
     sets = [a for s in tiny_overrides for a in ("--set", s)]
+    caplog.set_level(logging.INFO)  # as the command line logs (pytest's handlers replace basicConfig's)
     code, stdout, stderr = _run([f"s3://{s3_bucket}/in/", "--out", str(out), "--set", f"io.storage_options={options}", *sets],
                                 capfd)
     assert code in (0, 1), stderr[-3000:]
     assert len(list((out / "_done").glob("*.json"))) == 1, stderr[-3000:]
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["config"]["io"]["storage_options"] == {"endpoint_url": s3_server, "key": REDACTED, "secret": REDACTED}
-    assert "shard-000009" in stdout + stderr  # the failed shard was reported, its message searched too
-    _assert_nowhere([secret], out, stdout, stderr)
+    assert "shard-000009" in stdout + caplog.text  # the failed shard was reported, its message searched too
+    _assert_nowhere([secret], out, stdout, stderr, caplog.text, _ray_worker_logs(ray_local))
 
 
 def test_run_from_presigned_url_with_password_records_only_scheme_host_path(ray_local, s3_server, s3_bucket, tmp_path,
-                                                                            tiny_overrides, capfd):
+                                                                            tiny_overrides, capfd, caplog):
     import boto3
     from botocore.config import Config
 
@@ -184,6 +186,7 @@ def test_run_from_presigned_url_with_password_records_only_scheme_host_path(ray_
     out = tmp_path / "out"
     sets = [a for s in tiny_overrides for a in ("--set", s)]
     headers = f"io.storage_options={{client_kwargs: {{headers: {{X-Session-Token: {token}}}}}}}"
+    caplog.set_level(logging.INFO)
     code, stdout, stderr = _run([url, "--out", str(out), "--set", headers, *sets], capfd)
     assert code in (0, 1), stderr[-3000:]
     (manifest,) = (out / "manifest").glob("*.parquet")
@@ -191,4 +194,15 @@ def test_run_from_presigned_url_with_password_records_only_scheme_host_path(ray_
     assert sources == {f"{s3_server}/{s3_bucket}/in/{path.name}"}
     record = json.loads((out / "_done" / f"{path.stem}.json").read_text())
     assert record["source"] == f"{s3_server}/{s3_bucket}/in/{path.name}" and record["ok"] > 0
-    _assert_nowhere([password, signature, token], out, stdout, stderr)
+    # The driver logged INPUT, the worker the shard's URL: both reduced, never verbatim.
+    host = s3_server.split("://", 1)[1]
+    assert f"http://***@{host}/{s3_bucket}/in/{path.name}?***" in caplog.text
+    worker_logs = _ray_worker_logs(ray_local)
+    assert f"start (http://***@{host}/{s3_bucket}/in/{path.name}?***)" in worker_logs
+    _assert_nowhere([password, signature, token], out, stdout, stderr, caplog.text, worker_logs)
+
+
+def _ray_worker_logs(ray) -> str:
+    """Everything the suite's Ray workers have logged so far (their files under the session's logs)."""
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*")) if p.is_file())
