@@ -198,9 +198,6 @@ def _main(argv: list[str], command: Optional[str]) -> int:
     from pipeline.redact import install_log_redaction
 
     install_log_redaction()  # no log line of this process shows a credential (docs/security.md, threat 3)
-    from pipeline.redact import install_log_redaction
-
-    install_log_redaction()  # no log line of this process shows a credential (docs/security.md, threat 3)
     try:
         return int(_command_module(args._module).main(args) or 0)
     except UserError as exc:
@@ -214,9 +211,6 @@ def _main(argv: list[str], command: Optional[str]) -> int:
 
 def _one_line(args: argparse.Namespace, message: str, exc: BaseException) -> int:
     first = " ".join(message.split("\n"))  # a message must never spill over lines
-    from pipeline.redact import redact_text
-
-    first = redact_text(first)  # e.g. a lock holder's command line, a URL with user:password
     from pipeline.redact import redact_text
 
     first = redact_text(first)  # e.g. a lock holder's command line, a URL with user:password
