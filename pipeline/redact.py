@@ -51,34 +51,38 @@ def is_secret_option(name: str) -> bool:
     return name not in _SAFE_OPTIONS and bool(_SECRET_OPTION.search(name))
 
 
-def redact_options(options: Any) -> Any:
-    """A copy of `options` (io.storage_options) fit to be written: credential values replaced by
-    REDACTED, URLs stripped of user:password and query, at any depth."""
+def redact_options(options: Any, name: str = "") -> Any:
+    """A copy of `options` (io.storage_options) fit to be written, at any depth. An allowlist: a
+    string is kept only under a name known to hold no credential (`endpoint_url`, `region_name`,
+    ...; its URL still loses user:password and query); any other string, and anything under a
+    secret-looking name, is REDACTED, so an unexpected option (`{foo: S3CR3T}`) is never written.
+    Booleans and numbers stay (`anon: false`, timeouts)."""
     if isinstance(options, Mapping):
-        return {k: REDACTED if is_secret_option(str(k)) and v not in (None, "") else redact_options(v)
+        return {k: REDACTED if is_secret_option(str(k)) and v not in (None, "") else redact_options(v, str(k))
                 for k, v in options.items()}
     if isinstance(options, (list, tuple)):
-        return [redact_options(v) for v in options]
+        return [redact_options(v, name) for v in options]
     if isinstance(options, str):
-        return redact_text(options)
+        return redact_text(options) if name in _SAFE_SCALARS else REDACTED
     return options
 
 
 def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config document (`Config.to_dict()`) fit to be written: `io.storage_options` through
     `redact_options`, every other string through `redact_text` (a URL in `model.pretrained`)."""
-    out = _redact_strings(dict(config))
+    out = redact_strings(dict(config))
     io = out.get("io")
     if isinstance(io, dict) and "storage_options" in io:
         io["storage_options"] = redact_options(io["storage_options"])
     return out
 
 
-def _redact_strings(value: Any) -> Any:
+def redact_strings(value: Any) -> Any:
+    """A copy of a JSON-like document with every string through `redact_text`."""
     if isinstance(value, Mapping):
-        return {k: _redact_strings(v) for k, v in value.items()}
+        return {k: redact_strings(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact_strings(v) for v in value]
+        return [redact_strings(v) for v in value]
     if isinstance(value, str):
         return redact_text(value)
     return value

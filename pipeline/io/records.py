@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.redact import redact_config, redact_text, redact_url
+from pipeline.redact import redact_config, redact_strings, redact_text, redact_url
 from pipeline.io.layout import (
     RowStatus, ShardStatus, conf_member, label_member, manifest_path, mask_shard_path,
 )
@@ -270,7 +270,7 @@ class DatasetMeta:
         doc = self._base_dict()
         if self.fingerprint is not None:  # absent from older documents: they stay byte-identical
             doc["fingerprint"] = self.fingerprint
-            doc["identity"] = self.identity
+            doc["identity"] = redact_strings(self.identity)  # its `sources` are paths or URLs as given
         return doc
 
     def _base_dict(self) -> dict[str, Any]:
@@ -282,7 +282,7 @@ class DatasetMeta:
             "label_dtype": self.label_dtype,
             "config": redact_config(self.config),  # io.storage_options' credentials never written
             "config_fingerprint": self.config_fingerprint,
-            "model": self.model,
+            "model": redact_strings(self.model),  # a checkpoint URL loses user:password and query
             "versions": self.versions,
             "created_at": self.created_at,
         }

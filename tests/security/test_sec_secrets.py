@@ -44,14 +44,16 @@ def test_redact_text_marks_where_credentials_were_and_learns_them():
     assert SIG not in redact_text(f"server said: signature {SIG} does not match")
 
 
-def test_storage_options_are_redacted_by_name_at_any_depth():
+def test_storage_options_are_redacted_at_any_depth_keeping_only_known_plain_settings():
     options = {"key": "AKIAEXAMPLE", "secret": "SEKRET-opt-1", "endpoint_url": "http://u:PASSW0RD-ep@minio:9000",
                "client_kwargs": {"aws_session_token": "TOKEN-opt-2", "region_name": "eu-west-1"},
-               "headers": {"Authorization": "Bearer abc", "Accept": "x"}, "anon": False}
+               "headers": {"Authorization": "Bearer abc", "Accept": "x"}, "anon": False,
+               "foo": "S3CR3T-under-an-innocent-name", "timeout": 30}
     clean = redact_options(options)
     assert clean == {"key": REDACTED, "secret": REDACTED, "endpoint_url": "http://***@minio:9000",
                      "client_kwargs": {"aws_session_token": REDACTED, "region_name": "eu-west-1"},
-                     "headers": {"Authorization": REDACTED, "Accept": "x"}, "anon": False}
+                     "headers": {"Authorization": REDACTED, "Accept": REDACTED}, "anon": False,
+                     "foo": REDACTED, "timeout": 30}
     assert options["secret"] == "SEKRET-opt-1", "the caller's options are not changed"
     config = redact_config({"io": {"storage_options": options}, "model": {"pretrained": "https://u:PASSW0RD-m@h/w.pt?sig=x"}})
     assert "SEKRET" not in json.dumps(config) and "PASSW0RD" not in json.dumps(config)
