@@ -75,7 +75,8 @@ def encode_masks(pred: np.ndarray, confidence: np.ndarray, fmt: LabelFormat,
     image_size = tuple(image_size or np.shape(pred))
     label_size = stored_size(*image_size, fmt.max_side)
     if tuple(np.shape(pred)) != label_size:  # an engine that labels at the image size
-        pred, confidence = resize_nearest(np.asarray(pred), *label_size), resize_nearest(np.asarray(confidence), *label_size)
+        pred = resize_nearest(np.asarray(pred), *label_size)
+        confidence = resize_nearest(np.asarray(confidence), *label_size)
         ignored = resize_nearest(np.asarray(ignored), *label_size) if ignored is not None else None
     if pred.shape != confidence.shape or pred.ndim != 2:
         raise ValueError(f"pred {pred.shape} and confidence {confidence.shape} must be the same (H, W)")

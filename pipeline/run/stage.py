@@ -4,7 +4,9 @@ The engine is passed in (a `pipeline.engine.protocol.LabelEngine`: `predict`, `n
 `patch_size`), so the stage runs the same inside a Ray actor and in a plain test process. Work overlaps in three lanes:
 a reader thread walks the tar and hands images to a thread pool for decoding (bounded by
 io.prefetch_batches), the calling thread runs inference one batch at a time, and PNG encoding of
-batch k runs in the pool while batch k+1 is inferred. Rows and masks are written in input order.
+batch k runs in the pool while batch k+1 is inferred; on CUDA one copy-waiter thread hands each
+encoding to the pool only once its outputs are on the host (run/copy_waiter.py), so no pool thread
+waits on the GPU. Rows and masks are written in input order.
 """
 from __future__ import annotations
 

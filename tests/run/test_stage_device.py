@@ -130,8 +130,9 @@ def test_waiter_keeps_order_and_passes_host_outputs_straight_to_the_pool():
     pool.shutdown()
 
 
-@pytest.mark.timeout(60)
-def test_fatal_error_in_the_copy_wait_restarts_the_worker(corpus, tiny_cfg, tmp_path, monkeypatch):
+@pytest.mark.timeout(300)
+def test_fatal_error_in_the_copy_wait_restarts_the_worker(ray_local, corpus, tiny_cfg, tmp_path, monkeypatch):
+    # ray_local: the worker asks Ray for its actor id; the suite's Ray, not one started here
     labeler = _labeler(PendingEngine(error=ILLEGAL_ACCESS), tiny_cfg(), tmp_path / "out")
     try:
         with pytest.raises(DeviceFatalError, match="illegal memory access"):
