@@ -207,7 +207,7 @@ def _one_step(device: str) -> float:
     loss = torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_gpu_preset_one_training_step_on_cpu():
