@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import tarfile
 from dataclasses import dataclass
 
@@ -37,6 +38,12 @@ def start_suite_ray(min_cpus: int = 4):
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     return ray
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a CLI child a test will Ctrl-C: a shell that starts a job in the background
+    makes it ignore SIGINT, the children inherit that, and Python then installs no handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support import NAMES, REPO, env_without
+from tests.support import NAMES, REPO, default_sigint, env_without
 from tests.support import assert_same_output, snapshot
 
 # The same label-relevant settings as the `reference` fixture; one worker so shards go one by one.
@@ -75,7 +75,8 @@ def test_other_config_is_refused_with_exit_code_2(reference, corpus, tiny_overri
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(reference, corpus, tiny_overrides, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(cli(tiny_overrides, corpus, out), cwd=REPO, env=env_without("RAY_ADDRESS"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 180
     while not ((out / "_done").exists() and list((out / "_done").glob("*.json"))):
         assert proc.poll() is None, "the run ended before any shard completed"

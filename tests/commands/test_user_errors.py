@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import VocabularyConfig
 from pipeline.vocabulary import load_vocabulary, read_vocabulary_file
-from tests.support import REPO, env_without
+from tests.support import REPO, default_sigint, env_without
 
 TINY = REPO / "tests" / "fixtures" / "golden" / "tiny_clip_openai.pt"
 CHEAP = ["--set", "model.pretrained=random", "--set", "vocabulary.templates=single"]  # no open_clip import
@@ -181,7 +181,7 @@ def test_old_spellings_still_work_with_a_deprecation_line(shards, tmp_path, caps
 def interrupt(args, after_s=3.0, timeout=180):
     """Start `pseudolabel ARGS`, send SIGINT once it is blocked, return (rc, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env_without("RAY_ADDRESS"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     time.sleep(after_s)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
