@@ -51,11 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta-scales", type=_scales, default=(1.0,), metavar="S1,S2",
                         help="relabeling: student input scales, multiples of its short side (default 1)")
     parser.add_argument("--no-flip", action="store_true", help="relabeling: no horizontal-flip TTA")
-    parser.add_argument("--eval", dest="eval_images", metavar="IMAGES", help="image shards to score every round on")
-    parser.add_argument("--gt", action="append", metavar="GT", help="ground truth for --eval (as for `pseudolabel eval`)")
-    parser.add_argument("--class-map", metavar="FILE", help="YAML gt id -> class index or name (as for `pseudolabel eval`)")
-    parser.add_argument("--images-root", metavar="DIR", help="read OUTPUT's input shards from DIR/<shard file name>")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from pipeline.commands.train import add_data_arguments
+
+    add_data_arguments(parser, "image shards to score every round on")
 
 
 def main(args: argparse.Namespace) -> int:

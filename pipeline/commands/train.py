@@ -26,11 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one recipe key, e.g. optim.steps=2000, confidence.min_confidence=0.6")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt after a crash")
-    parser.add_argument("--eval", dest="eval_images", metavar="IMAGES", help="image shards to score the student on")
+    add_data_arguments(parser, "image shards to score the student on")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, eval_help: str) -> None:
+    """Held-out scoring, where the input shards are, progress: the same for `train` and `selftrain`."""
+    parser.add_argument("--eval", dest="eval_images", metavar="IMAGES", help=eval_help)
     parser.add_argument("--gt", action="append", metavar="GT", help="ground truth for --eval (as for `pseudolabel eval`)")
     parser.add_argument("--class-map", metavar="FILE", help="YAML gt id -> class index or name (as for `pseudolabel eval`)")
     parser.add_argument("--images-root", metavar="DIR", help="read OUTPUT's input shards from DIR/<shard file name>")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
