@@ -22,6 +22,8 @@ pytestmark = pytest.mark.timeout(240)
 class Worker:
     """Labels a shard in `images` samples; behaviours are switched by marker files in `root`:
     `die-<actor>`: exit abruptly on the first shard (once per actor, the file is created first);
+    after its restart an actor writes `back-<actor>` and holds its first shard until `kill-everyone`
+    names how many must be back (so that every restarted actor labels again, whatever the timing);
     `loop-<shard>`: busy-loop for ever on attempt 0 of that shard, after one progress message;
     `flaky-<shard>`: raise TransientReadError while the file holds a count > 0 (counting down)."""
 
@@ -38,9 +40,15 @@ class Worker:
 
         me = ray.get_runtime_context().get_actor_id()
         die = self.root / f"die-{me}"
-        if (self.root / "kill-everyone").exists() and not die.exists():
+        everyone = self.root / "kill-everyone"
+        if everyone.exists() and not die.exists():
             die.write_text(str(os.getpid()))
             os._exit(1)
+        if everyone.exists() and everyone.read_text() and not (self.root / f"back-{me}").exists():
+            (self.root / f"back-{me}").touch()
+            deadline = time.monotonic() + 60
+            while len(list(self.root.glob("back-*"))) < int(everyone.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.05)
         flaky = self.root / f"flaky-{shard.name}"
         if flaky.exists() and int(flaky.read_text()) > 0:
             flaky.write_text(str(int(flaky.read_text()) - 1))
@@ -91,7 +99,7 @@ def _dispatcher(board, actors, **kw):
 
 def test_every_actor_lost_once_mid_run_still_completes(pool, tmp_path):
     board, actors = pool(2)
-    (tmp_path / "kill-everyone").touch()
+    (tmp_path / "kill-everyone").write_text("2")
     d, seen, finished = _dispatcher(board, actors, max_actor_restarts=2)
     tally = d.run(_shards(8))
     assert sorted(r.shard for r in finished) == sorted(f"s{i}" for i in range(8))
