@@ -97,7 +97,10 @@ def train_on_pseudo_labels(name: str, teacher_train: Path, sets: dict[str, Path]
     return summarize(out)
 
 
-def train_on_ground_truth(sets: dict[str, Path], work: Path, extra: list[str]) -> dict:
+def train_on_ground_truth(sets: dict[str, Path], work: Path, extra: list[str], folder: str = "student-ground_truth",
+                          score_val: bool = False) -> dict:
+    """The ceiling: the same recipe on the ground truth of the training split, scored on the test split
+    (and on the validation split too with score_val, as the rounds experiment needs)."""
     from pipeline.student.config import load_student_config
     from pipeline.student.data import GroundTruthDataset, StudentTransform
     from pipeline.student.engine import StudentEngine
@@ -105,7 +108,7 @@ def train_on_ground_truth(sets: dict[str, Path], work: Path, extra: list[str]) -
     from pipeline.student.trainer import TrainData, train_student
     from pipeline.toyworld import NAMES, NUM_CLASSES, PALETTE
 
-    out = work / "student-ground_truth"
+    out = work / folder
     if not (out / "eval.json").exists():
         cfg = load_student_config("cpu", extra)
         images = sorted(str(p) for p in (sets["train"] / "images").glob("*.tar"))
@@ -115,6 +118,8 @@ def train_on_ground_truth(sets: dict[str, Path], work: Path, extra: list[str]) -
                          source={"ground_truth": str(sets["train"] / "labels"), "samples": "all"})
         result = train_student(cfg, data, out, resume=True)
         engine = StudentEngine.from_file(result.student_path)
+        if score_val:  # before eval.json, which marks the stage done
+            score_engine(engine, str(sets["val"] / "images"), str(sets["val"] / "labels")).write_json(out / "val.json")
         score_engine(engine, str(sets["test"] / "images"), str(sets["test"] / "labels")).write_json(out / "eval.json")
     return summarize(out)
 

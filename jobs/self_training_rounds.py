@@ -162,24 +162,10 @@ def relabel_sweep(student: Path, work: Path, sets: dict[str, Path], weights=(0.0
 
 
 def ground_truth(work: Path, sets: dict[str, Path], schedule: list[str]) -> dict:
-    from pipeline.student.config import load_student_config
-    from pipeline.student.data import GroundTruthDataset, StudentTransform
-    from pipeline.student.engine import StudentEngine
-    from pipeline.student.evaluate import score_engine
-    from pipeline.student.trainer import TrainData, train_student
-    from pipeline.toyworld import NAMES, NUM_CLASSES, PALETTE
+    from self_training import train_on_ground_truth  # jobs/ is on sys.path (self_training.py runs this job)
 
     out = work / "ground_truth"
-    if not (out / "eval.json").exists():
-        cfg = load_student_config("cpu", schedule)
-        images = sorted(str(p) for p in (sets["train"] / "images").glob("*.tar"))
-        labels = [str(sets["train"] / "labels" / Path(p).name) for p in images]
-        ds = GroundTruthDataset(images, labels, StudentTransform(cfg.data), NUM_CLASSES, seed=cfg.seed)
-        data = TrainData(ds, NUM_CLASSES, 255, list(NAMES), list(PALETTE), source={"ground_truth": str(sets["train"])})
-        result = train_student(cfg, data, out, resume=True)
-        engine = StudentEngine.from_file(result.student_path)
-        score_engine(engine, str(sets["test"] / "images"), str(sets["test"] / "labels")).write_json(out / "eval.json")
-        score_engine(engine, str(sets["val"] / "images"), str(sets["val"] / "labels")).write_json(out / "val.json")
+    train_on_ground_truth(sets, work, schedule, folder=out.name, score_val=True)
     return {"test": test_miou(out), "val": json.loads((out / "val.json").read_text())["miou"]}
 
 
