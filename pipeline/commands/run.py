@@ -114,7 +114,12 @@ def _packed_input(args: argparse.Namespace, cfg: Any) -> Optional[str]:
     if not is_photo_folder(args.input):
         return args.input
     from pipeline.commands.pack import detail_lines, summary_line
+    from pipeline.run.preflight import check_model, check_output
 
+    # What preflight checks besides INPUT, before a large folder is packed: a missing weight file
+    # or a bad vocabulary must not cost the user the packing time first.
+    check_output(args.output)
+    check_model(cfg)
     shards, result = pack_for_run(args.input, args.output, cfg.io.image_extensions, dry_run=args.dry_run)
     if args.dry_run:
         line = f"would pack {result.samples} new images into {shards}" + (

@@ -35,10 +35,16 @@ def preflight(input_spec: str, output: str, cfg: Config, *, allow_pipe: bool = F
     except UserError as exc:
         raise expand_local_hint(input_spec, exc) from exc
     check_local_shards(input_spec, shards)
+    return Preflight(shards, check_model(cfg))
+
+
+def check_model(cfg: Config) -> Identity:
+    """The engine's identity (vocabulary, templates, weights read and hashed), its checkpoints free
+    of code, an open_clip tag's weights at hand: everything preflight checks but INPUT and OUTPUT."""
     identity = resolve_identity(cfg)
     check_checkpoints(cfg)
     check_tag_weights(cfg)
-    return Preflight(shards, identity)
+    return identity
 
 
 def local_path(url: str) -> Optional[Path]:

@@ -135,6 +135,19 @@ def test_uncached_open_clip_tag_fails_in_preflight(shards, tmp_path, capsys, mon
     one_line_error(capsys, rc, "not cached here", "model.pretrained=/path/to/")
 
 
+def test_a_photo_folder_is_not_packed_before_the_weights_are_checked(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16, 12)).save(photos / "IMG_0001.JPG")
+    rc = main(["run", str(photos), "--out", str(tmp_path / "out"), "--set", "vocabulary.file=voc21",
+               "--set", "model.pretrained=openai", "--set", f"model.cache_dir={tmp_path / 'empty-cache'}"])
+    one_line_error(capsys, rc, "not cached here")
+    assert not (tmp_path / "out").exists()  # nothing packed into OUTPUT/_input
+
+
 # -- usage, conventions ---------------------------------------------------------------------------
 
 def test_usage_errors_are_one_line(capsys):
