@@ -183,14 +183,20 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
 
     from pipeline.run.runner import plan_run
 
+    from pipeline.redact import redact_strings, redact_text
+
     plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe,
                     repair=args.repair)
     if args.json_summary:
-        _write_json(args.json_summary, asdict(plan))
+        # Plans end up in job logs: credentials and signed queries of INPUT/OUTPUT are left out.
+        # The pipe commands stay exact: the user checks what --allow-pipe will run.
+        doc = {**redact_strings({k: v for k, v in asdict(plan).items() if k != "pipe_commands"}),
+               "pipe_commands": plan.pipe_commands}
+        _write_json(args.json_summary, doc)
         if args.json_summary == "-":
             return 0
     more = plan.to_label_count - len(plan.to_label)
-    print(f"pseudolabel run --dry-run: {plan.input} -> {plan.output}")
+    print(f"pseudolabel run --dry-run: {redact_text(plan.input)} -> {redact_text(plan.output)}")
     print(f"  shards: {plan.shards_total} in INPUT, {plan.to_label_count} to label, {plan.to_skip_count} to skip "
           f"(complete){' (--overwrite: everything is relabeled)' if plan.overwrite else ''}")
     if plan.to_label:

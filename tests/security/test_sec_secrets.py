@@ -122,6 +122,21 @@ def test_lock_held_error_redacts_a_record_written_before_redaction(tmp_path):
     assert "old1" in message and "SEKRET-old-1" not in message and "PASSW0RD" not in message and SIG not in message
 
 
+def test_dry_run_plan_shows_input_without_its_credentials(tmp_path, capsys):
+    """A scheduled job's log keeps the plan: INPUT's password and signature are not in it, as text
+    or as JSON (the URL is never fetched by a dry run of a single shard)."""
+    url = PRESIGNED.replace("store.example:9000", "127.0.0.1:9")
+    base = ["run", url, "--out", str(tmp_path / "out"), "--dry-run", "--set", "model.pretrained=random",
+            "--set", "vocabulary.templates=single", "--set", "vocabulary.file=voc21"]
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert main([*base, "--json", "-"]) == 0
+    doc = capsys.readouterr().out
+    assert "http://***@127.0.0.1:9/bucket/in/shard-000001.tar?***" in text and json.loads(doc)["shards_total"] == 1
+    for secret in ("PASSW0RD", SIG, "AKIAEXAMPLE"):
+        assert secret not in text and secret not in doc
+
+
 # -- end to end, through the CLI, against moto S3 -----------------------------------------------
 def _run(args: list[str], capfd) -> tuple[int, str, str]:
     """`pseudolabel run` in this process, on the suite's Ray (whose workers log to files: see
