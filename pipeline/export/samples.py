@@ -26,7 +26,7 @@ from pipeline.io.masks import image_size, to_image_size
 from pipeline.evaluation.outputs import (
     DatasetInfo, OutputDir, decode_conf_png, decode_label_png, group_members, iter_tar_members,
 )
-from pipeline.training.selection import SampleFilter, Selection, ShardSelection, select_shards
+from pipeline.training.selection import SampleFilter, Selection, ShardSelection, drop_superseded, select_shards
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def select(output: str, sample_filter: Optional[SampleFilter], images_root: Opti
            lowest: Optional[int] = None) -> Selection:
     """The kept samples; with `lowest`, only the `lowest` kept ones of least mean confidence."""
     out = OutputDir(output)
-    selection = select_shards(out, sample_filter, images_root=images_root)
+    # Superseded photos stay in: the export skips them itself, with a reason in its summary.
+    selection = select_shards(out, sample_filter, images_root=images_root, latest_only=False)
     if selection.info.num_classes > IGNORE_INDEX:
         raise UserError(f"{output} has {selection.info.num_classes} classes; palette PNG exports hold at most "
                         f"{IGNORE_INDEX} classes plus the ignore index {IGNORE_INDEX}")
@@ -110,17 +111,12 @@ def select(output: str, sample_filter: Optional[SampleFilter], images_root: Opti
 
 def _lowest(out: OutputDir, selection: Selection, sample_filter: SampleFilter, n: int) -> Selection:
     """Narrow `selection` to the `n` kept samples of lowest mean confidence (ties: input order)."""
-    from pipeline.io.pack import superseded
-
     columns = ["key", "status", "mask_shard", "image_member", "mean_confidence", "source_shard"]
     if sample_filter.required_classes or sample_filter.excluded_classes:
         columns += ["classes", "class_pixels"]
     manifest = out.load_manifest(columns=columns)
     kept = manifest[sample_filter.mask(manifest, selection.info) & manifest["image_member"].notna()]
-    older = set().union(*(superseded(str(url)) for url in kept["source_shard"].unique()))
-    if older:  # a photo packed again after it changed: only its newer version is up for review
-        stems = [str(url).rsplit("/", 1)[-1].split(".")[0] for url in kept["source_shard"]]
-        kept = kept[[(stem, str(key)) not in older for stem, key in zip(stems, kept["key"])]]
+    kept = drop_superseded(kept)  # a photo packed again after it changed: only its newer version is up for review
     chosen = kept.sort_values("mean_confidence", kind="stable").head(n)
     wanted: dict[str, dict[str, float]] = {}
     for shard, key, conf in zip(chosen["shard"], chosen["key"], chosen["mean_confidence"]):

@@ -357,6 +357,19 @@ def superseded(shard_url: str) -> set[tuple[str, str]]:
     return _changed(str(path), path.stat().st_mtime_ns)
 
 
+def superseded_in(shard_urls: Sequence[str]) -> set[tuple[str, str]]:
+    """`superseded` of every folder that holds one of `shard_urls` (distinct URLs): one look per
+    folder, not per shard (10^5 shards share one or a few folders)."""
+    older: set[tuple[str, str]] = set()
+    folders: set[str] = set()
+    for url in shard_urls:
+        folder = str(url).rsplit("/", 1)[0] if "/" in str(url) else "."
+        if folder not in folders:
+            folders.add(folder)
+            older |= superseded(str(url))
+    return older
+
+
 @functools.lru_cache(maxsize=8)
 def _changed(path: str, mtime_ns: int) -> frozenset[tuple[str, str]]:
     """Read once per export, not once per shard (mtime in the key: a later pack invalidates it)."""

@@ -60,6 +60,20 @@ class SampleFilter:
         return {int(c) for c, n in zip(classes, counts) if int(n) >= self.min_class_pixels}
 
 
+def drop_superseded(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` without those whose photo was packed again, changed (pipeline.io.pack.superseded):
+    a student trains on the folder as it is now, not on two versions of one photo."""
+    from pipeline.io.pack import superseded_in
+
+    older = superseded_in(list(rows["source_shard"].unique()))
+    if not older:
+        return rows
+    stems = [str(url).rsplit("/", 1)[-1].split(".")[0] for url in rows["source_shard"]]
+    stale = [(stem, str(key)) in older for stem, key in zip(stems, rows["key"])]
+    log.info("left out %d rows of photos packed again after they changed (their newer version is kept)", sum(stale))
+    return rows[[not s for s in stale]]
+
+
 @dataclass
 class ShardSelection:
     """The kept samples of one shard and where to read them. Picklable (sent to loader workers)."""
@@ -97,11 +111,14 @@ def select_shards(
     *,
     images_root: Optional[str] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
+    latest_only: bool = True,
 ) -> Selection:
     """Apply `sample_filter` to every manifest of `output_dir` and group the kept rows by shard.
 
     images_root: read input shards from `images_root/<file name of source_shard>` instead of the
     recorded `source_shard` (for outputs whose inputs moved).
+    latest_only: leave out a photo's older version when `pack` packed it again after it changed
+    (the folder's `_pack/` index says so); exports pass False and report those rows themselves.
     """
     output = output_dir if isinstance(output_dir, OutputDir) else OutputDir(str(output_dir), storage_options)
     info = output.info
@@ -111,6 +128,8 @@ def select_shards(
     sample_filter = sample_filter or SampleFilter()
     kept = ok_rows(manifest[sample_filter.mask(manifest, info)])
     kept = kept[kept["image_member"].notna()]
+    if latest_only:
+        kept = drop_superseded(kept)
     shards: list[ShardSelection] = []
     for name, rows in per_shard(kept):
         sources = rows["source_shard"].unique()
