@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-min", type=float, default=0.0, help="start no new stage after this many minutes (0 = no limit)")
     p.add_argument("--no-ground-truth", action="store_true")
     p.add_argument("--table-only", action="store_true",
-                   help="train nothing: print the table of the stages finished under --work")
+                   help="train nothing: score the finished stages under --work (the predict sweep; cached) "
+                        "and print their table")
     p.add_argument("--no-relabel-sweep", action="store_true", help="skip the teacher-weight sweep on validation")
     return p.parse_args(argv)
 
@@ -125,6 +126,55 @@ def val_miou(round_dir: Path, sets: dict[str, Path]) -> float:
 
 def test_miou(round_dir: Path) -> float:
     return json.loads((round_dir / "eval.json").read_text())["miou"]
+
+
+PREDICT_CANDIDATES = [([1.0], False), ([1.25], False), ([1.5], False), ([1.75], False), ([2.0], False),
+                      ([2.5], False), ([3.0], False), ([2.0], True), ([1.5, 2.0], False)]
+
+
+def predict_tag(scales: list[float], flip: bool) -> str:
+    return "+".join(f"{s:g}" for s in scales) + (" flip" if flip else "")
+
+
+def score_with(round_dir: Path, split: str, sets: dict[str, Path], scales: list[float], flip: bool) -> float:
+    """The round's student on `split`, labeling with this predict recipe (cached per recipe in
+    round-K/predict-SPLIT.json): old and new students are scored alike, whatever their card says."""
+    from pipeline.student.config import PredictRecipe
+    from pipeline.student.engine import StudentEngine
+    from pipeline.student.evaluate import score_engine
+
+    path, tag = round_dir / f"predict-{split}.json", predict_tag(scales, flip)
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if tag not in cache:
+        engine = StudentEngine.from_file(round_dir / "student.pt", predict=PredictRecipe(scales=scales, flip=flip))
+        cache[tag] = score_engine(engine, str(sets[split] / "images"), str(sets[split] / "labels")).miou
+        path.write_text(json.dumps(cache, indent=1) + "\n")
+    return cache[tag]
+
+
+def predict_sweep(work: Path, chosen: str, seeds: list[int], sets: dict[str, Path]) -> dict:
+    """How should the trained student label, and after how many rounds? Every candidate on the
+    VALIDATION split with each round's seed-0 student of the default recipe; the best pair becomes
+    the default (`predict` in the student recipe, `selftrain --rounds`). Then every round of every
+    seed is scored with that `predict` on validation and test."""
+    sweep: dict[str, dict[str, float]] = {}
+    k = 1
+    while (work / f"{chosen}-seed0" / f"round-{k}" / "student.pt").exists():
+        rdir = work / f"{chosen}-seed0" / f"round-{k}"
+        sweep[str(k)] = {predict_tag(sc, fl): score_with(rdir, "val", sets, sc, fl) for sc, fl in PREDICT_CANDIDATES}
+        k += 1
+    best_round, (scales, flip) = max(((r, c) for r in sweep for c in PREDICT_CANDIDATES),
+                                     key=lambda rc: sweep[rc[0]][predict_tag(*rc[1])])
+    rounds: dict = {}
+    for seed in seeds:
+        k = 1
+        while (work / f"{chosen}-seed{seed}" / f"round-{k}" / "student.pt").exists():
+            rdir = work / f"{chosen}-seed{seed}" / f"round-{k}"
+            rounds.setdefault(str(seed), {})[str(k)] = {split: score_with(rdir, split, sets, scales, flip)
+                                                       for split in ("val", "test")}
+            k += 1
+    return {"sweep_val": sweep, "chosen": {"scales": scales, "flip": flip, "rounds": int(best_round)},
+            "rounds": rounds}
 
 
 def relabel_sweep(student: Path, work: Path, sets: dict[str, Path], weights=(0.0, 0.25, 0.5, 0.75)) -> dict:
@@ -220,6 +270,10 @@ def main(argv=None) -> int:
             result["rounds"].setdefault(str(seed), {})[str(k)] = {"val": val_miou(rdir, sets), "test": test_miou(rdir)}
             print(f"seed {seed} round {k}: test {100 * test_miou(rdir):.2f}", flush=True)
             save(args, result)
+    if chosen:
+        result["predict"] = predict_sweep(work, chosen, [int(s) for s in args.seeds.split(",") if s], sets)
+        print(f"predict recipe and rounds chosen on validation: {result['predict']['chosen']}", flush=True)
+        save(args, result)
     if not args.no_ground_truth and budget.left():
         result["ground_truth"] = ground_truth(work, sets, schedule)
         save(args, result)
@@ -254,6 +308,8 @@ def collect(work: Path, seeds: list[int]) -> dict:
             val = json.loads((rdir / "val.json").read_text())["miou"] if (rdir / "val.json").exists() else float("nan")
             result["rounds"].setdefault(str(seed), {})[str(k)] = {"val": val, "test": test_miou(rdir)}
             k += 1
+    if chosen and (work / f"{chosen}-seed0" / "round-1" / "student.pt").exists():  # scores are cached
+        result["predict"] = predict_sweep(work, chosen, seeds, {name: work / name for name in SPLITS})
     gt = work / "ground_truth"
     if (gt / "eval.json").exists():
         result["ground_truth"] = {"test": test_miou(gt), "val": json.loads((gt / "val.json").read_text())["miou"]}
@@ -284,6 +340,21 @@ def format_table(result: dict) -> str:
         spread = f" (seeds: {', '.join(pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f})"
         lines.append(f"| `selftrain` default, round {k}, mean of {len(rows)} seed(s) | "
                      f"{pct(statistics.mean(r['val'] for r in rows))} | {pct(statistics.mean(tests))}{spread} |")
+    if "predict" in result:
+        p = result["predict"]
+        for k, sweep in p["sweep_val"].items():
+            lines.append(f"| *`predict` sweep, round {k}, seed 0 (val): "
+                         + ", ".join(f"{t} {pct(v)}" for t, v in sweep.items()) + "* | | |")
+        lines.append(f"| *chosen on val: {p['chosen']}* | | |")
+        by_round: dict[str, list[dict]] = {}
+        for seed_rows in p["rounds"].values():
+            for k, row in seed_rows.items():
+                by_round.setdefault(k, []).append(row)
+        for k in sorted(by_round, key=int):
+            tests = [r["test"] for r in by_round[k]]
+            lines.append(f"| `selftrain` default + `predict`, round {k}, mean of {len(tests)} seed(s) | "
+                         f"{pct(statistics.mean(r['val'] for r in by_round[k]))} | {pct(statistics.mean(tests))} "
+                         f"(seeds: {', '.join(pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f}) |")
     if "ground_truth" in result:
         lines.append(f"| student on ground truth (ceiling), seed 0 | {pct(result['ground_truth']['val'])} | "
                      f"{pct(result['ground_truth']['test'])} |")

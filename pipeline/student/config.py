@@ -71,6 +71,28 @@ class OptimRecipe:
     amp: bool = False  # bfloat16 autocast on CUDA
 
 
+# Chosen on the toy world's validation split with the `cpu` preset (docs/self_training.md: 1x 81.59,
+# 1.5x 84.89, 2x 86.20, 2.5x 86.72, 3x 86.33 mIoU; flip and two-scale averages did not add).
+DEFAULT_PREDICT_SCALES = (2.5,)
+DEFAULT_PREDICT_FLIP = False
+
+
+@dataclass
+class PredictRecipe:
+    """How the trained student labels (`predict --student`, `run` with `model.student`, the scores
+    of `train`/`selftrain`). Only inference: a finished student or a checkpoint is reused whatever
+    these say. Chosen on the validation split of jobs/self_training_rounds.py (docs/self_training.md):
+    a larger input than in training gives the 1/4-resolution decoder finer detail on small things."""
+
+    scales: list[float] = field(default_factory=lambda: list(DEFAULT_PREDICT_SCALES))  # input short
+    # side(s) as multiples of data.short_side; the probabilities of several are averaged
+    flip: bool = DEFAULT_PREDICT_FLIP  # also predict the mirrored image and average
+
+
+# What cards written before `predict` existed mean: one view at the training short side.
+LEGACY_PREDICT = {"scales": [1.0], "flip": False}
+
+
 @dataclass
 class StudentConfig:
     model: ModelRecipe = field(default_factory=ModelRecipe)
@@ -82,9 +104,19 @@ class StudentConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    predict: PredictRecipe = field(default_factory=PredictRecipe)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def training_dict(self) -> dict[str, Any]:
+        """What a checkpoint or a finished round must match to be reused: all but `predict`."""
+        return training_part(self.to_dict())
+
+
+def training_part(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe document (a card's, a checkpoint's) without its `predict` section."""
+    return {k: v for k, v in recipe.items() if k != "predict"}
 
 
 # Presets: `cpu` trains in minutes on 2 cores for ~600 small images; `gpu` is the larger network.
@@ -95,6 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"short_side": 512, "crop": 512, "num_workers": 8},
         "optim": {"steps": 20000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 500, "amp": True},
         "checkpoint_every": 1000,
+        "predict": {"scales": [1.0]},  # not yet validated on real photos: one view at the training size
     },
 }
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pipeline.engine.loading import file_sha256
 from pipeline.engine.predictor import Segmentation
 from pipeline.student.checkpoint import load_student_file
-from pipeline.student.config import StudentConfig, from_dict
+from pipeline.student.config import LEGACY_PREDICT, PredictRecipe, StudentConfig, from_dict
 from pipeline.student.data import scaled_size
 from pipeline.student.model import MIN_SIDE, build_student, normalize
 from pipeline.engine.predictor import resolve_device
@@ -45,10 +45,16 @@ class StudentVocabulary:
 
 
 class StudentEngine:
-    def __init__(self, blob: dict[str, Any], device: str = "auto", batch_size: int = 16):
+    def __init__(self, blob: dict[str, Any], device: str = "auto", batch_size: int = 16,
+                 predict: Optional[PredictRecipe] = None):
+        """`predict`: how to label, instead of what the card says (cards older than the `predict`
+        section mean one view at the training short side)."""
         card = blob["card"]
         self.card = card
         self.recipe: StudentConfig = from_dict(StudentConfig, card["recipe"])
+        if predict is None and "predict" not in card["recipe"]:
+            predict = from_dict(PredictRecipe, LEGACY_PREDICT)
+        self.predict_recipe: PredictRecipe = predict or self.recipe.predict
         self.device = resolve_device(device)
         self.model = build_student(self.recipe.model, int(card["num_classes"]))
         self.model.load_state_dict(blob["state_dict"])
@@ -68,8 +74,9 @@ class StudentEngine:
         }
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", batch_size: int = 16) -> "StudentEngine":
-        return cls(load_student_file(path), device, batch_size)
+    def from_file(cls, path: str | Path, device: str = "auto", batch_size: int = 16,
+                  predict: Optional[PredictRecipe] = None) -> "StudentEngine":
+        return cls(load_student_file(path), device, batch_size, predict)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "StudentEngine":
@@ -79,6 +86,10 @@ class StudentEngine:
     @property
     def patch_size(self) -> int:
         return MIN_SIDE[self.recipe.model.arch]
+
+    @property
+    def single_view(self) -> bool:
+        return list(self.predict_recipe.scales) == [1.0] and not self.predict_recipe.flip
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], return_probs: bool = False) -> list[Segmentation]:
@@ -90,7 +101,9 @@ class StudentEngine:
         for (h, w), idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
                 part = idx[start: start + self.batch_size]
-                probs = self._probs(np.stack([images[i] for i in part]), (h, w))  # (B, C, h, w)
+                batch = np.stack([images[i] for i in part])
+                probs = (self._probs(batch, (h, w)) if self.single_view else  # (B, C, h, w)
+                         tta_probs(self, batch, self.predict_recipe.flip, self.predict_recipe.scales))
                 conf, pred = probs.max(dim=1)
                 for j, i in enumerate(part):
                     out[i] = Segmentation(
@@ -111,3 +124,28 @@ class StudentEngine:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.softmax(dim=1)
 
+
+@torch.inference_mode()
+def tta_probs(engine, images: np.ndarray, flip: bool = True, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """uint8 (B, H, W, 3) images of one size -> float (B, C, H, W) student probabilities averaged
+    over the scales and (with `flip`) their mirrors, at the images' own size."""
+    H, W = images.shape[1:3]
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(engine.device).permute(0, 3, 1, 2).float().div_(255.0)
+    total, views = None, 0
+    for scale in scales:
+        side = round(engine.short_side * scale) if engine.short_side > 0 else round(min(H, W) * scale)
+        target = scaled_size(H, W, max(engine.patch_size, side))
+        xs = x
+        if target != (H, W):
+            xs = F.interpolate(x, size=target, mode="bilinear", align_corners=False,
+                               antialias=target[0] < H).clamp_(0.0, 1.0)
+        for mirrored in ((False, True) if flip else (False,)):
+            logits = engine.model(normalize(xs.flip(-1) if mirrored else xs)).float()  # (B, C, h, w)
+            if mirrored:
+                logits = logits.flip(-1)
+            if target != (H, W):
+                logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            probs = logits.softmax(dim=1)
+            total = probs if total is None else total + probs
+            views += 1
+    return total / views

@@ -20,18 +20,16 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.io.atomic import write_atomic
 from pipeline.io.tarfiles import write_tar
-from pipeline.student.data import scaled_size
-from pipeline.student.model import normalize
+from pipeline.student.engine import tta_probs
 from pipeline.student.selection import ConfidenceHistogram
 from pipeline.training.loader import RawSample, iter_shard
 from pipeline.training.selection import Selection
@@ -46,32 +44,6 @@ class RelabelRecipe:
     teacher_weight: float = 0.5  # weight of the teacher's probabilities in the average (0 = student only)
     flip: bool = True  # TTA: also predict the mirrored image
     scales: tuple[float, ...] = (1.0,)  # TTA: student input short sides, as multiples of its own
-
-
-@torch.inference_mode()
-def tta_probs(engine, images: np.ndarray, flip: bool = True, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-    """uint8 (B, H, W, 3) images of one size -> float (B, C, H, W) student probabilities averaged
-    over the scales and (with `flip`) their mirrors, at the images' own size."""
-    H, W = images.shape[1:3]
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(engine.device).permute(0, 3, 1, 2).float().div_(255.0)
-    total, views = None, 0
-    for scale in scales:
-        side = round(engine.short_side * scale) if engine.short_side > 0 else round(min(H, W) * scale)
-        target = scaled_size(H, W, max(engine.patch_size, side))
-        xs = x
-        if target != (H, W):
-            xs = F.interpolate(x, size=target, mode="bilinear", align_corners=False,
-                               antialias=target[0] < H).clamp_(0.0, 1.0)
-        for mirrored in ((False, True) if flip else (False,)):
-            logits = engine.model(normalize(xs.flip(-1) if mirrored else xs)).float()  # (B, C, h, w)
-            if mirrored:
-                logits = logits.flip(-1)
-            if target != (H, W):
-                logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
-            probs = logits.softmax(dim=1)
-            total = probs if total is None else total + probs
-            views += 1
-    return total / views
 
 
 def mix_teacher(student: torch.Tensor, label: np.ndarray, conf_u8: np.ndarray, teacher_weight: float,

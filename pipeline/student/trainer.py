@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.errors import UserError
 from pipeline.student.checkpoint import CHECKPOINT_FILE, atomic_save, load_data, machine_info, save_student
-from pipeline.student.config import StudentConfig
+from pipeline.student.config import StudentConfig, training_part
 from pipeline.student.consistency import MeanTeacher
 from pipeline.student.loss import class_weights, confidence_loss
 from pipeline.student.model import build_student, normalize
@@ -175,7 +175,7 @@ def _load_checkpoint(path: Path, cfg: StudentConfig, model, opt, mean_teacher: O
         blob = load_data(path, "checkpoint")  # data only: a pickle that would run code is refused
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc}; delete it to start over") from exc
-    if blob.get("recipe") != cfg.to_dict():
+    if training_part(blob.get("recipe") or {}) != cfg.training_dict():
         raise UserError(f"checkpoint {path} was made with another recipe; resume with the same --preset/--set "
                         "values, or delete the checkpoint to start over")
     model.load_state_dict(blob["model"])

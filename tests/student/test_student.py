@@ -163,6 +163,38 @@ def test_train_command_eval_and_student_as_stage_engine(fake, tmp_path):
     assert np.array_equal(npz["pred"], engine.predict([image])[0].pred)
 
 
+def test_predict_recipe_card_legacy_override_and_resume(fake, tmp_path):
+    """`predict` decides how a trained student labels: new cards carry it, cards from before it
+    mean one view at the training size, an explicit recipe wins; it never blocks a resume."""
+    from pipeline.student.checkpoint import load_student_file
+    from pipeline.student.config import DEFAULT_PREDICT_SCALES, PredictRecipe
+    from pipeline.student.data import class_pixel_counts, pseudo_label_dataset
+    from pipeline.student.engine import StudentEngine, tta_probs
+    from pipeline.student.trainer import TrainData, train_student
+
+    out, _gt = fake
+    cfg = load_student_config("cpu", [*TINY, "predict.scales=[1.0,2.0]", "predict.flip=true"])
+    ds = pseudo_label_dataset(str(out.root), cfg.data, cfg.seed)
+    info = ds.selection.info
+    data = TrainData(ds, info.num_classes, info.ignore_index, list(info.names), list(info.colors),
+                     class_pixel_counts(str(out.root), info.num_classes), {"output": str(out.root)})
+    path = train_student(cfg, data, tmp_path / "s").student_path
+    blob = load_student_file(path)
+    assert blob["card"]["recipe"]["predict"] == {"scales": [1.0, 2.0], "flip": True}
+    image = next(iter(out.shards.values()))[0].image
+    engine = StudentEngine(blob, device="cpu")
+    expected = tta_probs(engine, image[None], flip=True, scales=(1.0, 2.0)).argmax(1)[0].numpy()
+    assert np.array_equal(engine.predict([image])[0].pred, expected)
+    single = StudentEngine(blob, device="cpu", predict=PredictRecipe(scales=[1.0], flip=False))
+    plain = single._probs(image[None], image.shape[:2]).argmax(1)[0].numpy()
+    assert single.single_view and np.array_equal(single.predict([image])[0].pred, plain)
+    del blob["card"]["recipe"]["predict"]  # a card written before `predict` existed
+    assert StudentEngine(blob, device="cpu").single_view
+    assert list(load_student_config("cpu").predict.scales) == list(DEFAULT_PREDICT_SCALES)
+    # Another `predict` resumes the same training (only the card's inference part differs).
+    train_student(load_student_config("cpu", TINY), data, tmp_path / "s", resume=True)
+
+
 def test_fingerprint_changes_with_a_student():
     base = load_config()
     assert base.model.student is None
