@@ -181,9 +181,8 @@ def _run(args: argparse.Namespace, cfg: Any) -> int:
 def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     from dataclasses import asdict
 
-    from pipeline.run.runner import plan_run
-
     from pipeline.redact import redact_strings, redact_text
+    from pipeline.run.runner import plan_run
 
     plan = plan_run(args.input, args.output, cfg, overwrite=args.overwrite, allow_pipe=args.allow_pipe,
                     repair=args.repair)

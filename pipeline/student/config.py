@@ -144,7 +144,11 @@ def load_student_config(preset: str = "cpu", overrides: Optional[list[str]] = No
     for item in overrides or []:
         key, value = parse_override(item)
         _set(data, key.split("."), value)
-    return from_dict(StudentConfig, data)
+    cfg = from_dict(StudentConfig, data)
+    if not cfg.predict.scales or any(not 0.25 <= s <= 8.0 for s in cfg.predict.scales):
+        raise ConfigError(f"predict.scales: expected one or more multiples of data.short_side between 0.25 and "
+                          f"8, got {cfg.predict.scales}")
+    return cfg
 
 
 def _set(data: dict[str, Any], parts: list[str], value: Any) -> None:

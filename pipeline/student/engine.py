@@ -3,8 +3,10 @@ actor need (`predict(images) -> [Segmentation]`, `num_classes`, `patch_size`, `v
 `model_identity`, `device`), so `pseudolabel run --set model.student=DIR/student.pt` labels a
 corpus with it, a second labeling round far cheaper than the CLIP teacher.
 
-Images are resized to the student's short side (as in training), grouped by size so one forward
-takes every image of a size, and the logits are upsampled back to each image's own size.
+Images are resized to the student's short side (as in training) times the recipe's `predict`
+scales (several scales, and the mirrored image with `predict.flip`, are averaged), grouped by size
+so one forward takes every image of a size, and the probabilities are brought back to each
+image's own size.
 """
 from __future__ import annotations
 

@@ -48,6 +48,9 @@ def test_recipe_overrides_and_errors():
         load_student_config("cpu", ["optim.stepz=1"])
     with pytest.raises(ConfigError, match="preset"):
         load_student_config("tpu")
+    for bad in ("predict.scales=[]", "predict.scales=[0]", "predict.scales=[1, 20]"):
+        with pytest.raises(ConfigError, match="predict.scales"):
+            load_student_config("cpu", [bad])
 
 
 def test_loss_ignores_unsure_pixels_and_weights_the_rest():
