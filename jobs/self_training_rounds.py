@@ -322,42 +322,44 @@ def save(args, result: dict) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def format_table(result: dict) -> str:
-    """The markdown table of docs/self_training.md (mIoU in points; rounds: mean and spread over seeds)."""
-    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    lines = ["| model | val mIoU | test mIoU |", "|---|---|---|",
-             f"| teacher: toy CLIP + ResCLIP labeling | {pct(result['teacher']['val'])} | {pct(result['teacher']['test'])} |"]
-    for name, row in result["methods"].items():
-        mark = " (default)" if name == result.get("default") else ""
-        lines.append(f"| student round 1, selection {name}{mark}, seed 0 | {pct(row['val'])} | {pct(row['test'])} |")
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def _round_rows(rounds: dict, label: str) -> list[str]:
+    """One table row per round: val and test mIoU averaged over the seeds, with each seed's test and the spread."""
     per_round: dict[str, list[dict]] = {}
-    for seed_rows in result["rounds"].values():
+    for seed_rows in rounds.values():
         for k, row in seed_rows.items():
             per_round.setdefault(k, []).append(row)
+    lines = []
     for k in sorted(per_round, key=int):
-        rows = per_round[k]
-        tests = [r["test"] for r in rows]
-        spread = f" (seeds: {', '.join(pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f})"
-        lines.append(f"| `selftrain` default, round {k}, mean of {len(rows)} seed(s) | "
-                     f"{pct(statistics.mean(r['val'] for r in rows))} | {pct(statistics.mean(tests))}{spread} |")
+        rows, tests = per_round[k], [r["test"] for r in per_round[k]]
+        spread = f" (seeds: {', '.join(_pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f})"
+        lines.append(f"| {label}, round {k}, mean of {len(rows)} seed(s) | "
+                     f"{_pct(statistics.mean(r['val'] for r in rows))} | {_pct(statistics.mean(tests))}{spread} |")
+    return lines
+
+
+def format_table(result: dict) -> str:
+    """The markdown table of docs/self_training.md (mIoU in points; rounds: mean and spread over seeds)."""
+    lines = ["| model | val mIoU | test mIoU |", "|---|---|---|",
+             f"| teacher: toy CLIP + ResCLIP labeling | {_pct(result['teacher']['val'])} | "
+             f"{_pct(result['teacher']['test'])} |"]
+    for name, row in result["methods"].items():
+        mark = " (default)" if name == result.get("default") else ""
+        lines.append(f"| student round 1, selection {name}{mark}, seed 0 | {_pct(row['val'])} | {_pct(row['test'])} |")
+    lines += _round_rows(result["rounds"], "`selftrain` default as trained")
     if "predict" in result:
         p = result["predict"]
         for k, sweep in p["sweep_val"].items():
             lines.append(f"| *`predict` sweep, round {k}, seed 0 (val): "
-                         + ", ".join(f"{t} {pct(v)}" for t, v in sweep.items()) + "* | | |")
+                         + ", ".join(f"{t} {_pct(v)}" for t, v in sweep.items()) + "* | | |")
         lines.append(f"| *chosen on val: {p['chosen']}* | | |")
-        by_round: dict[str, list[dict]] = {}
-        for seed_rows in p["rounds"].values():
-            for k, row in seed_rows.items():
-                by_round.setdefault(k, []).append(row)
-        for k in sorted(by_round, key=int):
-            tests = [r["test"] for r in by_round[k]]
-            lines.append(f"| `selftrain` default + `predict`, round {k}, mean of {len(tests)} seed(s) | "
-                         f"{pct(statistics.mean(r['val'] for r in by_round[k]))} | {pct(statistics.mean(tests))} "
-                         f"(seeds: {', '.join(pct(t) for t in tests)}; spread {100 * (max(tests) - min(tests)):.2f}) |")
+        lines += _round_rows(p["rounds"], "`selftrain` default + chosen `predict`")
     if "ground_truth" in result:
-        lines.append(f"| student on ground truth (ceiling), seed 0 | {pct(result['ground_truth']['val'])} | "
-                     f"{pct(result['ground_truth']['test'])} |")
+        lines.append(f"| student on ground truth (ceiling), seed 0 | {_pct(result['ground_truth']['val'])} | "
+                     f"{_pct(result['ground_truth']['test'])} |")
     return "\n".join(lines)
 
 
