@@ -105,6 +105,7 @@ def _round(k: int, args: argparse.Namespace, cfg, teacher, relabel, out: Path) -
             raise UserError(f"{rdir} was trained with another recipe; re-run with the same --config/--set values, "
                             "or use a new --out")
         print(f"round {k}/{args.rounds}: done before ({rdir / STUDENT_FILE}), skipped")
+        _restamp_predict(rdir, cfg)
     else:
         selection, hist, source = _labels(k, args, cfg, teacher, relabel, out, rdir)
         _train(k, args, cfg, selection, hist, source, rdir)
@@ -167,8 +168,26 @@ def _train(k: int, args, cfg, selection, hist, source: dict[str, Any], rdir: Pat
                       progress=None if progress is None else (lambda step, total, loss: progress(step)))
 
 
+def _restamp_predict(rdir: Path, cfg) -> None:
+    """A finished round re-run with another `predict` (how the student labels; no training step
+    depends on it): its student file and card take the new one, and its stale scores are dropped,
+    so what the round deploys and what it reports follow the command, not the first run."""
+    import dataclasses
+
+    from pipeline.student.checkpoint import CARD_FILE, STUDENT_FILE, load_student_file, save_student
+
+    wanted = dataclasses.asdict(cfg.predict)
+    blob = load_student_file(rdir / STUDENT_FILE)
+    if blob["card"]["recipe"].get("predict") == wanted:
+        return
+    blob["card"]["recipe"]["predict"] = wanted
+    save_student(rdir, blob["state_dict"], blob["card"])
+    (rdir / "eval.json").unlink(missing_ok=True)
+    log.info("%s: predict set to %s (%s rewritten; scores recomputed)", rdir, wanted, CARD_FILE)
+
+
 def _score(rdir: Path, args) -> dict[str, Any]:
-    """The round's held-out scores (computed once, kept in round-K/eval.json)."""
+    """The round's held-out scores (computed once per `predict`, kept in round-K/eval.json)."""
     from pipeline.student.engine import StudentEngine
     from pipeline.student.evaluate import score_engine
 

@@ -147,6 +147,10 @@ def test_consistency_teaches_ignored_pixels_and_resumes_exactly(fake, tmp_path):
 def test_selftrain_rounds_resume_and_eval_keys(fake, tmp_path, capsys):
     """Through the CLI: rounds written, a finished round skipped on re-run, eval.json with the keys
     of `pseudolabel eval --json`, labels of round 2 made by round 1's student."""
+    from pipeline.student.checkpoint import load_student_file
+    from pipeline.student.engine import StudentEngine
+    from pipeline.student.evaluate import score_engine
+
     out, gt = fake
     dest = tmp_path / "st"
     args = ["selftrain", str(out.root), "--out", str(dest), "--no-progress",
@@ -180,6 +184,29 @@ def test_selftrain_rounds_resume_and_eval_keys(fake, tmp_path, capsys):
     # Another recipe in the same folder is refused in one line, not silently mixed.
     assert cli([*args, "--rounds", "1", "--set", "optim.lr=0.1"]) == 2
     assert "another recipe" in capsys.readouterr().err
+    # How the students label is not part of the recipe a finished round must match: the round is
+    # reused, its student file takes the new `predict`, and it is scored the new way.
+    capsys.readouterr()
+    weights = load_student_file(dest / "round-1" / "student.pt")["state_dict"]
+    assert cli([*args, "--rounds", "1", "--set", "predict.scales=[1.0]"]) == 0
+    assert "round 1/1: done before" in capsys.readouterr().out
+    blob = load_student_file(dest / "round-1" / "student.pt")
+    assert blob["card"]["recipe"]["predict"]["scales"] == [1.0]
+    assert all(torch.equal(weights[n], blob["state_dict"][n]) for n in weights)
+    engine = StudentEngine.from_file(dest / "round-1" / "student.pt")
+    rescored = score_engine(engine, str(out.input_dir), str(gt)).miou
+    assert json.loads((dest / "round-1" / "eval.json").read_text())["miou"] == pytest.approx(rescored, abs=1e-6)
+
+
+def test_selftrain_defaults_one_round_labeling_at_the_chosen_scale(fake, tmp_path):
+    from pipeline.student.config import DEFAULT_PREDICT_SCALES
+
+    out, _gt = fake
+    dest = tmp_path / "st"
+    assert cli(["selftrain", str(out.root), "--out", str(dest), "--no-progress", *_sets(TINY)]) == 0
+    assert sorted(p.name for p in dest.glob("round-*")) == ["round-1"]  # one round, chosen on validation
+    card = json.loads((dest / "round-1" / "card.json").read_text())
+    assert card["recipe"]["predict"] == {"scales": list(DEFAULT_PREDICT_SCALES), "flip": False}
 
 
 def test_selftrain_user_errors(fake, tmp_path, capsys):
