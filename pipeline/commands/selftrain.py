@@ -101,11 +101,12 @@ def _round(k: int, args: argparse.Namespace, cfg, teacher, relabel, out: Path) -
     if (rdir / CARD_FILE).exists() and (rdir / STUDENT_FILE).exists():
         from pipeline.student.config import training_part
 
-        if training_part(json.loads((rdir / CARD_FILE).read_text()).get("recipe") or {}) != cfg.training_dict():
+        recipe = json.loads((rdir / CARD_FILE).read_text()).get("recipe") or {}
+        if training_part(recipe) != cfg.training_dict():
             raise UserError(f"{rdir} was trained with another recipe; re-run with the same --config/--set values, "
                             "or use a new --out")
         print(f"round {k}/{args.rounds}: done before ({rdir / STUDENT_FILE}), skipped")
-        _restamp_predict(rdir, cfg)
+        _restamp_predict(rdir, cfg, recipe.get("predict"))
     else:
         selection, hist, source = _labels(k, args, cfg, teacher, relabel, out, rdir)
         _train(k, args, cfg, selection, hist, source, rdir)
@@ -168,18 +169,19 @@ def _train(k: int, args, cfg, selection, hist, source: dict[str, Any], rdir: Pat
                       progress=None if progress is None else (lambda step, total, loss: progress(step)))
 
 
-def _restamp_predict(rdir: Path, cfg) -> None:
+def _restamp_predict(rdir: Path, cfg, stamped: Optional[dict[str, Any]]) -> None:
     """A finished round re-run with another `predict` (how the student labels; no training step
     depends on it): its student file and card take the new one, and its stale scores are dropped,
-    so what the round deploys and what it reports follow the command, not the first run."""
+    so what the round deploys and what it reports follow the command, not the first run.
+    `stamped`: the card's `predict` (the student file is read only when it differs)."""
     import dataclasses
 
     from pipeline.student.checkpoint import CARD_FILE, STUDENT_FILE, load_student_file, save_student
 
     wanted = dataclasses.asdict(cfg.predict)
-    blob = load_student_file(rdir / STUDENT_FILE)
-    if blob["card"]["recipe"].get("predict") == wanted:
+    if stamped == wanted:
         return
+    blob = load_student_file(rdir / STUDENT_FILE)
     blob["card"]["recipe"]["predict"] = wanted
     save_student(rdir, blob["state_dict"], blob["card"])
     (rdir / "eval.json").unlink(missing_ok=True)
